@@ -1,0 +1,77 @@
+"""``python -m data``: prepare window shards, inspect recordings and shard directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import BrainforgeDataError
+from .describe import describe
+from .preprocess import PreprocessingSpec
+from .shards import prepare
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data", description="brainforge data stage: MNE recordings -> litdata window shards.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pr = sub.add_parser(
+        "prepare",
+        help="preprocess and window recordings into shards",
+        description="Read recordings (any format MNE reads, folders searched recursively, or BIDS roots), "
+        "preprocess them (resample, band-pass, notch, bad channels, robust scaling), cut fixed windows "
+        "and write litdata shards plus manifest.json to OUT. Bad inputs are skipped and listed.",
+    )
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="recording files, folders (recursive) or BIDS roots")
+    pr.add_argument("--out", required=True, help="output shard directory (must not exist unless --overwrite)")
+    pr.add_argument("--window-s", type=float, default=2.0, help="window length in seconds (default 2.0 = 512 samples at 256 Hz)")
+    pr.add_argument("--stride-s", type=float, default=None, help="step between window starts in seconds (default: the window length)")
+    pr.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    pr.add_argument("--spec", default=None, help="a preprocessing.json to apply instead of the defaults")
+    pr.add_argument("--line-freq", type=float, default=None, help="mains frequency in Hz (default: from the recording, else notch 50 and 60)")
+    pr.add_argument("--chunk-s", type=float, default=60.0, help="seconds of input processed at a time; bounds memory (default 60)")
+    pr.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically, at the end)")
+    pr.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ins = sub.add_parser(
+        "inspect",
+        help="describe a recording or a shard directory",
+        description="For a recording: channels by type, positions found/missing, sfreq, duration, annotations. "
+        "For a shard directory: the manifest summary.",
+    )
+    ins.add_argument("path", help="a recording file/folder or a shard directory")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "prepare":
+            spec = PreprocessingSpec.load(args.spec) if args.spec else PreprocessingSpec()
+            spec.window_s = args.window_s
+            spec.stride_s = args.stride_s or args.window_s
+            if args.line_freq:
+                spec.line_freq = args.line_freq
+            m = prepare(
+                args.inputs, args.out, spec, workers=args.workers, overwrite=args.overwrite,
+                strict=args.strict, chunk_s=args.chunk_s, progress=not args.quiet,
+            )
+            print(f"wrote {m['n_windows']} windows from {m['n_recordings']} recording(s) to {args.out}")
+            for s in m["skipped"]:
+                print(f"  skipped {s['path']}: {s['reason']}")
+        else:
+            info = describe(args.path)
+            print(json.dumps(info, indent=2, default=str) if args.json else info["text"])
+    except BrainforgeDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

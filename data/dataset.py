@@ -1,0 +1,123 @@
+"""Reading window shards: `WindowCollator` and the Lightning `WindowDataModule` later stages reuse.
+
+Batches mix recordings with different channel counts. The collator pads the channel axis to the
+largest item in the batch and returns ``channel_mask``; with ``max_channels`` each larger item is
+reduced to a fresh random subset of that many channels, so a 306-channel MEG window costs no more
+than ``max_channels`` EEG channels and padding stays bounded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from litdata import StreamingDataLoader, StreamingDataset
+
+from .shards import read_manifest
+
+META_KEYS = ("recording", "subject", "t0_s", "label")
+
+
+class WindowCollator:
+    """Items -> batch dict.
+
+    signal [B, C, T] float32, types [B, C] int64, positions / orientations [B, C, 3] float32
+    (padding rows zero, unknown positions NaN), channel_mask [B, C] bool, and lists for the
+    metadata keys (recording, subject, t0_s, label).
+    """
+
+    def __init__(self, max_channels: int | None = None, seed: int = 0):
+        self.max_channels = max_channels
+        self.rng = np.random.default_rng(seed)
+
+    def _subset(self, item: dict) -> dict:
+        c = item["signal"].shape[0]
+        if self.max_channels is None or c <= self.max_channels:
+            return item
+        keep = np.sort(self.rng.choice(c, self.max_channels, replace=False))
+        return {k: (v[keep] if k in ("signal", "types", "positions", "orientations") else v) for k, v in item.items()}
+
+    def __call__(self, items: list[dict]) -> dict:
+        items = [self._subset(it) for it in items]
+        b, c, t = len(items), max(it["signal"].shape[0] for it in items), items[0]["signal"].shape[1]
+        signal = torch.zeros(b, c, t)
+        types = torch.zeros(b, c, dtype=torch.long)
+        pos = torch.zeros(b, c, 3)
+        ori = torch.zeros(b, c, 3)
+        mask = torch.zeros(b, c, dtype=torch.bool)
+        for i, it in enumerate(items):
+            n = it["signal"].shape[0]
+            signal[i, :n] = torch.as_tensor(np.asarray(it["signal"], dtype=np.float32))
+            types[i, :n] = torch.as_tensor(np.asarray(it["types"], dtype=np.int64))
+            pos[i, :n] = torch.as_tensor(np.asarray(it["positions"], dtype=np.float32))
+            ori[i, :n] = torch.as_tensor(np.asarray(it["orientations"], dtype=np.float32))
+            mask[i, :n] = True
+        batch = {"signal": signal, "types": types, "positions": pos, "orientations": ori, "channel_mask": mask}
+        for k in META_KEYS:
+            batch[k] = [it.get(k) for it in items]
+        return batch
+
+
+def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> StreamingDataset:
+    """A `litdata.StreamingDataset` over a prepared shard directory (local path or object-store URL)."""
+    if "://" not in str(path):
+        read_manifest(path)  # clear error when this is not a shard directory
+        path = str(Path(path).resolve())
+    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=False)
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Train/val window shards -> `StreamingDataLoader`s (rank- and node-aware, resumable mid-epoch).
+
+    Args:
+        train: shard directory for training.
+        val: optional shard directory for validation (prepare held-out recordings separately).
+        batch_size: windows per batch per device.
+        num_workers: loader worker processes.
+        max_channels: cap on channels per item (random subset per item); None keeps all.
+        seed: shuffle and channel-subset seed.
+    """
+
+    def __init__(
+        self,
+        train: str,
+        val: str | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        max_channels: int | None = 64,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_ds: StreamingDataset | None = None
+        self.val_ds: StreamingDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.train_ds is None:
+            self.train_ds = window_dataset(hp.train, shuffle=True, seed=hp.seed)
+        if hp.val and self.val_ds is None:
+            self.val_ds = window_dataset(hp.val, shuffle=False, seed=hp.seed)
+
+    def _loader(self, ds: StreamingDataset, train: bool) -> StreamingDataLoader:
+        hp = self.hparams
+        return StreamingDataLoader(
+            ds,
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=WindowCollator(hp.max_channels, seed=hp.seed if train else hp.seed + 1),
+            drop_last=train,
+        )
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        return self._loader(self.train_ds, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_ds, train=False) if self.val_ds is not None else []
+
+    @property
+    def preprocessing(self) -> dict:
+        """The PreprocessingSpec dict the training shards were made with."""
+        return read_manifest(self.hparams.train)["preprocessing"]

@@ -1,0 +1,282 @@
+"""Preprocessing: a versioned, JSON-serialisable `PreprocessingSpec` and a streaming pipeline.
+
+Order per chunk (input samples, all channels of the layout):
+  resample to ``spec.sfreq`` (polyphase, rational ratio) -> band-pass (FIR, zero phase)
+  -> notch at the line frequency and its harmonics below the low-pass.
+Long recordings stream through in chunks read with ``raw.get_data(start, stop)``; each chunk
+carries margins longer than the filters, so the stitched output equals filtering the whole
+recording at once and peak memory does not grow with duration.
+
+Bad channels (flat, or robust-z outliers of log-MAD within a sensor type, or in ``info["bads"]``)
+are excluded. Each sensor type is divided by one robust scale (median over its good channels of
+the per-channel median absolute deviation), so amplitude ratios between channels of one type
+survive. Scales are measured per recording and returned, not stored in the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from functools import cached_property
+from pathlib import Path
+
+import mne
+import numpy as np
+from scipy.signal import resample_poly
+
+from .errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError, SamplingRateError
+from .sensors import SensorLayout, SensorType, layout_from_info
+
+log = logging.getLogger("brainforge.data")
+
+SPEC_VERSION = 1
+
+
+@dataclass
+class PreprocessingSpec:
+    """Everything needed to repeat the preprocessing exactly at fine-tuning and serving time."""
+
+    version: int = SPEC_VERSION
+    sfreq: float = 256.0
+    l_freq: float | None = 0.1
+    h_freq_max: float = 100.0
+    h_freq_fraction: float = 0.45
+    line_freq: float | None = None  # None: info["line_freq"], else both 50 and 60 Hz
+    notch: bool = True
+    min_sfreq: float = 64.0
+    window_s: float = 2.0
+    stride_s: float = 2.0
+    bad_z_threshold: float = 5.0
+    flat_window_fraction: float = 0.5  # drop a window when more of its channels than this are flat
+    clip: float = 60000.0  # scaled units; float16 tops out at 65504
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.version > SPEC_VERSION:
+            raise ValueError(f"PreprocessingSpec version {self.version} is newer than this brainforge ({SPEC_VERSION})")
+        if self.window_s <= 0 or self.stride_s <= 0:
+            raise ValueError(f"window_s and stride_s must be > 0, got {self.window_s}, {self.stride_s}")
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sfreq))
+
+    @property
+    def stride_samples(self) -> int:
+        return int(round(self.stride_s * self.sfreq))
+
+    def low_pass(self, sfreq_in: float) -> float:
+        return min(self.h_freq_max, self.h_freq_fraction * sfreq_in)
+
+    def notch_freqs(self, sfreq_in: float, line_freq: float | None) -> list[float]:
+        if not self.notch:
+            return []
+        base = [self.line_freq or line_freq] if (self.line_freq or line_freq) else [50.0, 60.0]
+        top = min(self.low_pass(sfreq_in), self.sfreq / 2)
+        return sorted({float(f * k) for f in base for k in range(1, 50) if f * k < top})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessingSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreprocessingSpec:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class Window:
+    """One window: ``signal`` [C, T] float32 in scaled units, ``t0_s`` seconds from the data start."""
+
+    t0_s: float
+    signal: np.ndarray
+
+
+def _rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
+    frac = Fraction(sfreq_out / sfreq_in).limit_denominator(2000)
+    return frac.numerator, frac.denominator
+
+
+class RecordingPipeline:
+    """Streams one opened recording through a spec into windows.
+
+    >>> pipe = RecordingPipeline(raw, PreprocessingSpec(), name="sub-01.fif")
+    >>> for w in pipe.windows(): ...  # w.signal: [C_good, 512] float32
+    """
+
+    def __init__(self, raw: mne.io.BaseRaw, spec: PreprocessingSpec, name: str = "", chunk_s: float = 60.0):
+        self.raw, self.spec, self.name = raw, spec, name or str(raw.filenames[0] if raw.filenames else "recording")
+        self.sfreq_in = float(raw.info["sfreq"])
+        full_layout, self.picks = layout_from_info(raw.info)
+        if len(full_layout) == 0:
+            raise NoSensorChannelsError(
+                f"{self.name}: no EEG, magnetometer or gradiometer channel "
+                f"(types present: {sorted(set(raw.get_channel_types()))}); set channel types with raw.set_channel_types"
+            )
+        self.full_layout = full_layout
+        if self.sfreq_in < spec.min_sfreq:
+            raise SamplingRateError(
+                f"{self.name}: sampling rate {self.sfreq_in:g} Hz is below the {spec.min_sfreq:g} Hz the "
+                f"preprocessing spec needs (band-pass up to {spec.h_freq_max:g} Hz)"
+            )
+        low = spec.low_pass(self.sfreq_in)
+        if spec.l_freq is not None and low <= spec.l_freq:
+            raise SamplingRateError(f"{self.name}: low-pass {low:g} Hz is not above high-pass {spec.l_freq:g} Hz")
+        self.n_in = raw.n_times
+        duration = self.n_in / self.sfreq_in
+        if duration < spec.window_s:
+            raise RecordingTooShortError(
+                f"{self.name}: {duration:.3f} s of data is shorter than one {spec.window_s:g} s window"
+            )
+        self.up, self.down = _rational_ratio(spec.sfreq, self.sfreq_in)
+        self.sfreq_out = self.sfreq_in * self.up / self.down  # equals spec.sfreq up to the rational approximation
+        self.notch_freqs = spec.notch_freqs(self.sfreq_in, raw.info.get("line_freq"))
+        margin_out = self._filter_half_length() + 64
+        self.margin_in = self._round_up(int(np.ceil(margin_out * self.down / self.up)) + 10 * self.down)
+        self.chunk_in = self._round_up(max(int(chunk_s * self.sfreq_in), 4 * self.down))
+
+    # --- geometry of the stream -------------------------------------------------------------
+    def _round_up(self, n: int) -> int:
+        return -(-n // self.down) * self.down
+
+    def _filter_half_length(self) -> int:
+        n = 0
+        if self.spec.l_freq is not None or self.spec.h_freq_max:
+            h = mne.filter.create_filter(
+                None, self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in), verbose="error"
+            )
+            n += len(h) // 2
+        if self.notch_freqs:
+            n += int(np.ceil(6.6 / 1.0 * self.spec.sfreq)) // 2  # notch transition 1 Hz, hamming 3.3/Δf
+        return n
+
+    @property
+    def n_out(self) -> int:
+        return (self.n_in * self.up) // self.down
+
+    def _chunk_bounds(self):
+        for a in range(0, self.n_in, self.chunk_in):
+            yield a, min(a + self.chunk_in, self.n_in)
+
+    # --- processing ------------------------------------------------------------------------
+    def process_chunk(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Input samples [a, b) -> (filtered [C, n] float64, nonfinite [n] bool, flat [C, n] bool).
+
+        Output samples cover ``[a*up/down, b*up/down)`` of the whole-recording output grid.
+        """
+        lo, hi = max(0, a - self.margin_in), min(self.n_in, b + self.margin_in)
+        x = self.raw.get_data(picks=self.picks, start=lo, stop=hi)
+        bad = ~np.isfinite(x)
+        nonfinite_in = bad.any(axis=0)
+        if bad.any():
+            med = np.nanmedian(np.where(bad, np.nan, x), axis=1, keepdims=True)
+            x = np.where(bad, np.nan_to_num(med), x)
+        flat_in = np.zeros_like(x, dtype=bool)
+        flat_in[:, 1:] = np.diff(x, axis=1) == 0
+        flat_in[:, 0] = flat_in[:, 1] if x.shape[1] > 1 else True
+        y = resample_poly(x, self.up, self.down, axis=1, padtype="line") if (self.up, self.down) != (1, 1) else x
+        y = mne.filter.filter_data(
+            y, self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in), verbose="error"
+        )
+        if self.notch_freqs:
+            y = mne.filter.notch_filter(y, self.spec.sfreq, self.notch_freqs, verbose="error")
+        o_lo, o_a, o_b = lo * self.up // self.down, a * self.up // self.down, b * self.up // self.down
+        if b == self.n_in:
+            o_b = self.n_out
+        y = y[:, o_a - o_lo : o_b - o_lo]
+        # map each output sample to the input sample it sits on (within the read segment)
+        src = np.minimum((np.arange(o_a, o_b) * self.down) // self.up - lo, x.shape[1] - 1)
+        return y, nonfinite_in[src], flat_in[:, src]
+
+    @cached_property
+    def calibration(self) -> dict:
+        """Bad channels and per-type scales from up to 4 evenly spaced chunks.
+
+        Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}}.
+        """
+        bounds = list(self._chunk_bounds())
+        pick = np.unique(np.linspace(0, len(bounds) - 1, min(4, len(bounds))).round().astype(int))
+        parts = [self.process_chunk(*bounds[i]) for i in pick]
+        self._first_chunk = parts[0]  # windows() starts with it: don't filter it twice
+        y = np.concatenate([p[0][:, ~p[1]] for p in parts], axis=1)
+        if y.shape[1] == 0:
+            raise NoUsableWindowsError(f"{self.name}: every sample is NaN or Inf")
+        mad = np.median(np.abs(y - np.median(y, axis=1, keepdims=True)), axis=1)
+        types, names = self.full_layout.types, self.full_layout.names
+        reasons: dict[str, str] = {}
+        for i, n in enumerate(names):
+            if n in self.raw.info["bads"]:
+                reasons[n] = "marked bad in the recording"
+        for t in SensorType:
+            idx = np.flatnonzero(types == t)
+            if idx.size == 0:
+                continue
+            ref = np.median(mad[idx])
+            for i in idx:
+                if mad[i] <= max(ref, 1e-30) * 1e-6:
+                    reasons.setdefault(names[i], "flat")
+            live = idx[mad[idx] > max(ref, 1e-30) * 1e-6]
+            if live.size >= 3:
+                logm = np.log(mad[live])
+                spread = 1.4826 * np.median(np.abs(logm - np.median(logm)))
+                if spread > 0:
+                    z = (logm - np.median(logm)) / spread
+                    for i, zi in zip(live, z, strict=True):
+                        if abs(zi) > self.spec.bad_z_threshold:
+                            reasons.setdefault(names[i], f"amplitude outlier (robust z = {zi:+.1f})")
+        good = np.array([n not in reasons for n in names])
+        if not good.any():
+            raise NoUsableWindowsError(f"{self.name}: every channel is bad ({len(reasons)} channels: flat or outliers)")
+        scales = {}
+        for t in SensorType:
+            idx = np.flatnonzero((types == t) & good)
+            if idx.size:
+                scales[t.name.lower()] = float(np.median(mad[idx]))
+        if reasons:
+            log.info("%s: excluding %d bad channel(s): %s", self.name, len(reasons), ", ".join(reasons))
+        return {"good": good, "bad_reasons": reasons, "scales": scales}
+
+    @property
+    def layout(self) -> SensorLayout:
+        """Layout of the channels that appear in the windows (bad channels excluded)."""
+        return self.full_layout.select(self.calibration["good"])
+
+    def windows(self, stats: dict | None = None):
+        """Yield `Window`s in time order. ``stats`` (a dict) receives counts of rejected windows."""
+        cal = self.calibration
+        good = cal["good"]
+        scale = np.array([cal["scales"][SensorType(t).name.lower()] for t in self.full_layout.types[good]])[:, None]
+        W, S = self.spec.window_samples, self.spec.stride_samples
+        stats = stats if stats is not None else {}
+        buf_y = np.empty((int(good.sum()), 0))
+        buf_bad, buf_flat = np.empty(0, bool), np.empty((int(good.sum()), 0), bool)
+        buf_start, next_start = 0, 0
+        for a, b in self._chunk_bounds():
+            first, self._first_chunk = getattr(self, "_first_chunk", None), None
+            y, nonfinite, flat = first if (a == 0 and first is not None) else self.process_chunk(a, b)
+            buf_y = np.concatenate([buf_y, y[good]], axis=1)
+            buf_bad = np.concatenate([buf_bad, nonfinite])
+            buf_flat = np.concatenate([buf_flat, flat[good]], axis=1)
+            while next_start + W <= buf_start + buf_y.shape[1]:
+                s = next_start - buf_start
+                next_start += S
+                if buf_bad[s : s + W].any():
+                    stats["nonfinite"] = stats.get("nonfinite", 0) + 1
+                    continue
+                if (buf_flat[:, s : s + W].mean(axis=1) > 0.9).mean() > self.spec.flat_window_fraction:
+                    stats["flat"] = stats.get("flat", 0) + 1
+                    continue
+                sig = np.clip(buf_y[:, s : s + W] / scale, -self.spec.clip, self.spec.clip).astype(np.float32)
+                yield Window(t0_s=(next_start - S) / self.sfreq_out, signal=sig)
+            drop = max(0, min(next_start - buf_start, buf_y.shape[1]))
+            buf_y, buf_bad, buf_flat = buf_y[:, drop:], buf_bad[drop:], buf_flat[:, drop:]
+            buf_start += drop

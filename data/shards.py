@@ -1,0 +1,228 @@
+"""`prepare`: recordings -> litdata window shards + ``manifest.json``, written atomically.
+
+Output layout (``OUT/``): ``index.json`` and ``chunk-*.bin`` from ``litdata.optimize`` and
+``manifest.json``. Everything is written into a hidden sibling ``.OUT.partial-<id>/`` and renamed
+into place at the end, so a killed run never leaves a directory that reads as valid shards.
+Each item: ``signal`` float16 [C, T], ``types`` int8 [C], ``positions`` float32 [C, 3] (NaN =
+unknown), ``orientations`` float32 [C, 3], ``recording`` str, ``subject`` str, ``t0_s`` float,
+``label`` str ("" when unlabelled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import litdata
+import numpy as np
+
+from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError
+from .preprocess import PreprocessingSpec, RecordingPipeline
+from .readers import RecordingSource, discover
+from .sensors import channel_type_counts
+
+log = logging.getLogger("brainforge.data")
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class _Job:
+    source: RecordingSource
+    spec: PreprocessingSpec
+    reports: str
+    strict: bool
+    chunk_s: float
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of every file under a folder recording (.ds, .mff), in sorted order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _recording_items(job: _Job):
+    """litdata ``fn``: yields the window items of one recording and leaves a report JSON."""
+    src = job.source
+    report = {"recording": src.recording_id, "path": str(src.path), "subject": src.subject}
+    t_start = time.perf_counter()
+    try:
+        raw = src.open(preload=False)
+        report["all_channel_types"] = channel_type_counts(raw.info)
+        pipe = RecordingPipeline(raw, job.spec, name=str(src.path), chunk_s=job.chunk_s)
+        layout = pipe.layout
+        stats: dict[str, int] = {}
+        n = 0
+        base = {
+            "types": layout.types.astype(np.int8),
+            "positions": layout.positions.astype(np.float32),
+            "orientations": layout.orientations.astype(np.float32),
+        }
+        for w in pipe.windows(stats):
+            n += 1
+            yield {
+                "signal": w.signal.astype(np.float16),
+                **base,
+                "recording": src.recording_id,
+                "subject": src.subject,
+                "t0_s": float(w.t0_s),
+                "label": "",
+            }
+        if n == 0:
+            raise NoUsableWindowsError(f"{src.path}: no usable window (rejected: {stats or 'none'})")
+        report.update(
+            status="ok",
+            n_windows=n,
+            rejected_windows=stats,
+            sfreq_in=pipe.sfreq_in,
+            duration_s=pipe.n_in / pipe.sfreq_in,
+            channels=layout.counts(),
+            positions_missing=int((~layout.position_known).sum()),
+            bad_channels=pipe.calibration["bad_reasons"],
+            scales=pipe.calibration["scales"],
+            sha256=content_hash(Path(src.path)),
+        )
+    except Exception as e:  # one bad input never stops the run; --strict re-raises
+        if job.strict:
+            raise
+        reason = str(e) if isinstance(e, BrainforgeDataError) else f"{type(e).__name__}: {e}"
+        report.update(status="skipped", reason=reason)
+    report["seconds"] = round(time.perf_counter() - t_start, 3)
+    name = hashlib.sha1(src.recording_id.encode()).hexdigest()[:16]
+    _write_json_atomic(Path(job.reports) / f"{name}.json", report)
+
+
+def _partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+
+
+def prepare(
+    inputs: list[str | Path],
+    out: str | Path,
+    spec: PreprocessingSpec | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    strict: bool = False,
+    chunk_s: float = 60.0,
+    progress: bool = True,
+) -> dict:
+    """Prepare window shards from recordings, folders or BIDS roots. Returns the manifest dict.
+
+    Raises `OutputExistsError` when ``out`` exists and ``overwrite`` is False, and
+    `BrainforgeDataError` when nothing could be prepared (or on the first bad input if ``strict``).
+    """
+    spec = spec or PreprocessingSpec()
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    sources, skipped = discover([Path(p) for p in inputs])
+    if strict and skipped:
+        raise BrainforgeDataError(f"{skipped[0][0]}: {skipped[0][1]}")
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never valid
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_dir(out)
+    shards, reports = tmp / "shards", tmp / "reports"
+    reports.mkdir(parents=True)
+    try:
+        if sources:
+            jobs = [_Job(s, spec, str(reports), strict, chunk_s) for s in sources]
+            litdata.optimize(
+                fn=_recording_items,
+                inputs=jobs,
+                output_dir=str(shards),
+                chunk_bytes="64MB",
+                num_workers=max(1, min(workers, len(jobs))),
+                reorder_files=False,
+                verbose=progress,
+            )
+        recs = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
+        recs.sort(key=lambda r: r["recording"])
+        ok = [r for r in recs if r["status"] == "ok"]
+        skipped_all = [{"path": p, "reason": r} for p, r in skipped] + [
+            {"path": r["path"], "reason": r["reason"]} for r in recs if r["status"] != "ok"
+        ]
+        if strict and skipped_all:
+            raise BrainforgeDataError(f"{skipped_all[0]['path']}: {skipped_all[0]['reason']}")
+        for s in skipped_all:
+            log.warning("skipped %s: %s", s["path"], s["reason"])
+        if not ok:
+            raise BrainforgeDataError(
+                "nothing could be prepared: "
+                + ("; ".join(f"{s['path']}: {s['reason']}" for s in skipped_all) or "no recordings found")
+            )
+        manifest = _manifest(spec, ok, skipped_all, shards)
+        for f in shards.iterdir():
+            os.replace(f, tmp / f.name)
+        shutil.rmtree(shards)
+        shutil.rmtree(reports)
+        _write_json_atomic(tmp / MANIFEST, manifest)
+        _swap_into_place(tmp, out)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, trash)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _manifest(spec: PreprocessingSpec, ok: list[dict], skipped: list[dict], shards: Path) -> dict:
+    files = sorted(p for p in shards.iterdir() if p.is_file())
+    totals: dict[str, int] = {}
+    for r in ok:
+        for k, v in r["channels"].items():
+            totals[k] = totals.get(k, 0) + v
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_unix": time.time(),
+        "preprocessing": spec.to_dict(),
+        "n_windows": sum(r["n_windows"] for r in ok),
+        "n_recordings": len(ok),
+        "channels_by_type_summed": totals,
+        "recordings": ok,
+        "skipped": skipped,
+        "shard_sha256": {p.name: content_hash(p) for p in files},
+    }
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a shard directory, with a clear error if it is not one."""
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise BrainforgeDataError(f"{path} is not a brainforge shard directory (no {MANIFEST}); run `python -m data prepare`")
+    return json.loads(p.read_text())
+
+
+def verify_shards(path: str | Path) -> list[str]:
+    """Names of shard files whose sha256 differs from the manifest (empty list: all intact)."""
+    m = read_manifest(path)
+    return [n for n, h in m["shard_sha256"].items() if content_hash(Path(path) / n) != h]

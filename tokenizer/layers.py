@@ -1,0 +1,91 @@
+"""Shared building blocks: feed-forward, masked cross-attention, pre-norm attention blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FeedForward(nn.Module):
+    """Pre-norm residual MLP: x + W2 GELU(W1 RMSNorm(x)). x: [..., D] -> [..., D]."""
+
+    def __init__(self, dim: int, mult: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim)
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult), nn.GELU(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(self.norm(x))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries over a key/value set, with an optional key mask.
+
+    queries: [N, Q, D]; context: [N, K, D]; key_mask: [N, K] bool, True = attend (each row needs one True).
+    Returns [N, Q, D]. The output is a sum over keys, so it does not depend on the keys' order.
+    """
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        return x.view(n, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+    def forward(self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        q = self._split_heads(self.to_q(queries))
+        k, v = (self._split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm residual cross-attention plus feed-forward.
+
+    queries: [N, Q, D], context: [N, K, D], key_mask: [N, K] bool (True = attend) -> [N, Q, D].
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn_mult: int) -> None:
+        super().__init__()
+        self.norm_q = nn.RMSNorm(dim)
+        self.norm_kv = nn.RMSNorm(dim)
+        self.attn = CrossAttention(dim, n_heads)
+        self.ffn = FeedForward(dim, ffn_mult)
+
+    def forward(self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = queries + self.attn(self.norm_q(queries), self.norm_kv(context), key_mask)
+        return self.ffn(x)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm residual self-attention plus feed-forward over a set. x: [N, S, D] -> [N, S, D]."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_mult: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim)
+        self.attn = CrossAttention(dim, n_heads)
+        self.ffn = FeedForward(dim, ffn_mult)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)
+        return self.ffn(x + self.attn(h, h))
+
+
+def scatter_channels(values: Tensor, mask: Tensor) -> Tensor:
+    """Inverse of ``x[mask]``: values [M, ...] for the M True entries of mask [B, C] -> [B, C, ...], zeros elsewhere."""
+    out = values.new_zeros(*mask.shape, *values.shape[1:])
+    out[mask] = values
+    return out
+
+
+def default_mask(channel_mask: Tensor | None, signal: Tensor) -> Tensor:
+    """channel_mask [B, C] bool, or all True for a signal [B, C, ...] when None."""
+    if channel_mask is None:
+        return torch.ones(signal.shape[:2], dtype=torch.bool, device=signal.device)
+    return channel_mask.bool()

@@ -1,0 +1,95 @@
+"""Reconstruction losses, each averaged over the real channels (channel_mask True) only.
+
+- time L1;
+- 1 - Pearson correlation per channel;
+- L1 between log-amplitude spectra (rfft over the window);
+- unit-circle phase loss: amplitude-weighted 1 - cos(dphi), with cos(dphi) taken from the product of the
+  unit phasors X/|X| and Y/|Y|. It never differences `torch.angle` values, so it has no 2 pi wrap.
+
+Signals are [B, C, T] in scaled units; every term is a scalar tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tokenizer.config import TokenizerConfig
+
+EPS = 1e-6
+
+
+def masked_channel_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of per-channel values [B, C] over the channels where mask [B, C] is True."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def time_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over time and real channels."""
+    return masked_channel_mean((pred - target).abs().mean(dim=-1), mask)
+
+
+def pearson(pred: Tensor, target: Tensor) -> Tensor:
+    """Pearson correlation over time: [..., T] x [..., T] -> [...]."""
+    p = pred - pred.mean(dim=-1, keepdim=True)
+    t = target - target.mean(dim=-1, keepdim=True)
+    return (p * t).sum(dim=-1) / ((p.square().sum(dim=-1) * t.square().sum(dim=-1)).sqrt() + EPS)
+
+
+def pcc_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real channels of 1 - PCC."""
+    return masked_channel_mean(1.0 - pearson(pred, target), mask)
+
+
+def amplitude(spec: Tensor) -> Tensor:
+    """|spec| with a smooth gradient at 0: complex [...] -> real [...]."""
+    return (spec.real.square() + spec.imag.square() + EPS**2).sqrt()
+
+
+def log_amplitude_loss(pred_spec: Tensor, target_spec: Tensor, mask: Tensor) -> Tensor:
+    """L1 between log-amplitude spectra. Spectra: complex [B, C, K]."""
+    diff = (torch.log(amplitude(pred_spec)) - torch.log(amplitude(target_spec))).abs()
+    return masked_channel_mean(diff.mean(dim=-1), mask)
+
+
+def unit_circle_phase_loss(pred_spec: Tensor, target_spec: Tensor, mask: Tensor) -> Tensor:
+    """Target-amplitude-weighted mean of 1 - cos(phi_pred - phi_target) per channel, over real channels.
+
+    cos(dphi) = Re(u_p) Re(u_t) + Im(u_p) Im(u_t) for the unit phasors u = X / |X|, so phases that differ by
+    2 pi give exactly the same loss. Spectra: complex [B, C, K]; returns a scalar in [0, 2].
+    """
+    target_amp = amplitude(target_spec)
+    up = pred_spec / amplitude(pred_spec)
+    ut = target_spec / target_amp
+    cos_dphi = up.real * ut.real + up.imag * ut.imag
+    weight = target_amp.detach()
+    per_channel = ((1.0 - cos_dphi) * weight).sum(dim=-1) / (weight.sum(dim=-1) + EPS)
+    return masked_channel_mean(per_channel, mask)
+
+
+def reconstruction_losses(
+    pred: Tensor, target: Tensor, mask: Tensor, commitment: Tensor, cfg: TokenizerConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """pred, target: [B, C, T]; mask: [B, C] bool; commitment: scalar from the quantizer.
+
+    Returns (weighted total, {"time_l1", "pcc", "log_amp", "phase", "commitment"}). Computed in float32.
+    """
+    pred, target = pred.float(), target.float()
+    pred_spec, target_spec = torch.fft.rfft(pred, dim=-1), torch.fft.rfft(target, dim=-1)
+    terms = {
+        "time_l1": time_l1(pred, target, mask),
+        "pcc": pcc_loss(pred, target, mask),
+        "log_amp": log_amplitude_loss(pred_spec, target_spec, mask),
+        "phase": unit_circle_phase_loss(pred_spec, target_spec, mask),
+        "commitment": commitment,
+    }
+    weights = {
+        "time_l1": cfg.weight_time_l1,
+        "pcc": cfg.weight_pcc,
+        "log_amp": cfg.weight_log_amp,
+        "phase": cfg.weight_phase,
+        "commitment": cfg.weight_commitment,
+    }
+    total = sum(weights[name] * value for name, value in terms.items())
+    return total, terms

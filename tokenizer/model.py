@@ -1,0 +1,122 @@
+"""`BrainTokenizer`: sensor encoder -> per-channel encoder -> latent queries -> RVQ -> sensor-query decoder.
+
+Mixed channel counts
+--------------------
+The model never depends on a channel count or a channel's index. A batch holds B windows padded to the
+largest channel count C in the batch, with ``channel_mask`` [B, C] (True = real channel, padding rows are
+zeros). The per-channel encoder and the waveform decoder run only on the real channels (``x[mask]``), the
+latent queries attend only over unmasked channels, and losses average only over real channels. So EEG
+windows with 19 channels and MEG windows with 306 can share a batch, and a window padded with extra
+masked channels gives the same tokens as the unpadded one. To bound memory with large MEG arrays, the
+collate may keep a random subset of at most ``max_channels`` channels of each item (a fresh subset each
+time the item is drawn): the tokenizer is trained to work from any subset of sensors anyway, because
+``forward`` hides a fresh random 25% of each sample's real channels from the encoder (never one mask per
+batch, always at least one channel kept) and reconstructs all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tokenizer.config import TokenizerConfig
+from tokenizer.decoder import BrainDecoder
+from tokenizer.encoder import BrainEncoder
+from tokenizer.layers import default_mask
+from tokenizer.losses import reconstruction_losses
+from tokenizer.quantizer import RVQ
+from tokenizer.sensor_encoder import SensorEncoder
+
+
+def sample_channel_dropout(mask: Tensor, fraction: float, generator: torch.Generator | None = None) -> Tensor:
+    """Per-sample input channel dropout.
+
+    mask: [B, C] bool real channels. Each sample independently hides floor(fraction * n_real) of its real
+    channels, chosen uniformly at random, but always keeps at least one. Returns the visible mask [B, C].
+    """
+    n_real = mask.sum(dim=1)
+    n_drop = torch.minimum((n_real * fraction).floor().long(), (n_real - 1).clamp_min(0))
+    scores = torch.rand(mask.shape, device=mask.device, generator=generator).masked_fill(~mask, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return mask & (rank >= n_drop[:, None])
+
+
+class BrainTokenizer(nn.Module):
+    """EEG/MEG windows of any sensor layout <-> indices [B, N_latent, F, L].
+
+    ``sync_codebook`` must say whether the codebooks are synchronised across processes (True under DDP);
+    it is given explicitly, never guessed by the quantizer library.
+    """
+
+    def __init__(self, config: TokenizerConfig, sync_codebook: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.sensor_encoder = SensorEncoder(config.d_model, config.n_fourier, config.fourier_sigma, config.ffn_mult)
+        self.encoder = BrainEncoder(config)
+        self.quantizer = RVQ(config, sync_codebook=sync_codebook)
+        self.decoder = BrainDecoder(config)
+
+    def _check_signal(self, signal: Tensor) -> None:
+        if signal.ndim != 3 or signal.shape[-1] % self.config.hop:
+            raise ValueError(
+                f"BrainTokenizer: signal must be [B, C, T] with T a multiple of {self.config.hop}, got {tuple(signal.shape)}"
+            )
+
+    def forward(self, batch: dict[str, Tensor], channel_dropout: bool = True) -> dict[str, Tensor | dict[str, Tensor]]:
+        """One training/validation pass.
+
+        batch: ``signal`` [B, C, T] float scaled units, ``types`` [B, C] int, ``positions`` [B, C, 3] metres
+        (NaN = unknown), ``orientations`` [B, C, 3], optional ``channel_mask`` [B, C] bool.
+        In training mode, with ``channel_dropout``, a fresh random ``config.channel_dropout`` share of each
+        sample's real channels is hidden from the encoder, and Gaussian noise of std ``input_noise_std`` is
+        added to the encoder input; all real channels are reconstructed and scored.
+
+        Returns ``recon`` [B, C, T] float32, ``indices`` [B, N_latent, F, L] int64, ``encoder_mask`` [B, C]
+        bool (channels the encoder saw), ``loss`` (weighted total) and ``losses`` (dict of named terms).
+        """
+        signal = batch["signal"].float()
+        self._check_signal(signal)
+        mask = default_mask(batch.get("channel_mask"), signal)
+        sensor = self.sensor_encoder(batch["types"], batch["positions"], batch["orientations"])
+        visible, noisy = mask, signal
+        if self.training:
+            if channel_dropout and self.config.channel_dropout > 0:
+                visible = sample_channel_dropout(mask, self.config.channel_dropout)
+            if self.config.input_noise_std > 0:
+                noisy = signal + self.config.input_noise_std * torch.randn_like(signal)
+        quantized, indices, commitment = self.quantizer(self.encoder(noisy, sensor, visible))
+        recon = self.decoder(quantized, sensor, mask)
+        loss, terms = reconstruction_losses(recon, signal, mask, commitment, self.config)
+        return {"recon": recon, "indices": indices, "encoder_mask": visible, "loss": loss, "losses": terms}
+
+    def encode(
+        self,
+        signal: Tensor,
+        types: Tensor,
+        positions: Tensor,
+        orientations: Tensor,
+        channel_mask: Tensor | None = None,
+    ) -> Tensor:
+        """signal [B, C, T] scaled units (T a multiple of hop) + geometry -> indices [B, N_latent, T / hop, L] int64.
+
+        Use in eval mode: in training mode the quantizer would update its codebooks.
+        """
+        self._check_signal(signal)
+        mask = default_mask(channel_mask, signal)
+        sensor = self.sensor_encoder(types, positions, orientations)
+        _, indices, _ = self.quantizer(self.encoder(signal.float(), sensor, mask))
+        return indices.long()
+
+    def decode(
+        self,
+        indices: Tensor,
+        types: Tensor,
+        positions: Tensor,
+        orientations: Tensor,
+        channel_mask: Tensor | None = None,
+    ) -> Tensor:
+        """indices [B, N_latent, F, L] + target geometry ([B, C] types, [B, C, 3] positions/orientations) ->
+        signal [B, C, F * hop] float32 scaled units. The target sensors may differ from the encoded ones."""
+        mask = default_mask(channel_mask, types)
+        sensor = self.sensor_encoder(types, positions, orientations)
+        return self.decoder(self.quantizer.indices_to_codes(indices), sensor, mask)
