@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+DEMO := runs/demo
+DEMO_INPUTS := tests/data/sample_audvis_5s_raw.fif tests/data/test.edf tests/data/test_subsecond.edf tests/data/bti
+
+# The main job on bundled real recordings, one stage after another.
 demo: install
-	$(BIN)/python -m data.demo
+	$(BIN)/python -m data prepare $(DEMO_INPUTS) --out $(DEMO)/shards --overwrite
+	$(BIN)/python -m data inspect $(DEMO)/shards
 
 lint: install
 	$(BIN)/ruff check .

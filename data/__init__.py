@@ -1,0 +1,35 @@
+"""brainforge data stage: MNE recordings -> SensorLayout + PreprocessingSpec -> litdata window shards."""
+
+from .errors import (
+    BrainforgeDataError,
+    NoSensorChannelsError,
+    NoUsableWindowsError,
+    OutputExistsError,
+    RecordingTooShortError,
+    SamplingRateError,
+    UnreadableRecordingError,
+    UnsupportedInputError,
+)
+from .preprocess import PreprocessingSpec, RecordingPipeline, Window
+from .readers import RecordingSource, discover, open_raw
+from .sensors import SensorLayout, SensorType, layout_from_info
+from .shards import prepare, read_manifest
+
+_LAZY = {"WindowCollator", "WindowDataModule", "window_dataset"}  # need torch + lightning: import on use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
+
+
+__all__ = [
+    "BrainforgeDataError", "NoSensorChannelsError", "NoUsableWindowsError", "OutputExistsError",
+    "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
+    "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsupportedInputError", "Window",
+    "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "open_raw", "prepare",
+    "read_manifest", "window_dataset",
+]

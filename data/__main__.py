@@ -7,8 +7,8 @@ import json
 import logging
 import sys
 
-from .errors import BrainforgeDataError
 from .describe import describe
+from .errors import BrainforgeDataError
 from .preprocess import PreprocessingSpec
 from .shards import prepare
 

@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from .readers import open_raw
-from .shards import MANIFEST, read_manifest
 from .sensors import channel_type_counts, layout_from_info
+from .shards import MANIFEST, read_manifest
 
 
 def describe(path: str | Path) -> dict:

@@ -116,7 +116,7 @@ class RecordingPipeline:
     def __init__(self, raw: mne.io.BaseRaw, spec: PreprocessingSpec, name: str = "", chunk_s: float = 60.0):
         self.raw, self.spec, self.name = raw, spec, name or str(raw.filenames[0] if raw.filenames else "recording")
         self.sfreq_in = float(raw.info["sfreq"])
-        full_layout, self.picks = layout_from_info(raw.info)
+        full_layout, self.picks = layout_from_info(raw.info, name=self.name)
         if len(full_layout) == 0:
             raise NoSensorChannelsError(
                 f"{self.name}: no EEG, magnetometer or gradiometer channel "
@@ -183,7 +183,7 @@ class RecordingPipeline:
         flat_in = np.zeros_like(x, dtype=bool)
         flat_in[:, 1:] = np.diff(x, axis=1) == 0
         flat_in[:, 0] = flat_in[:, 1] if x.shape[1] > 1 else True
-        y = resample_poly(x, self.up, self.down, axis=1, padtype="line") if (self.up, self.down) != (1, 1) else x
+        y = resample_poly(x, self.up, self.down, axis=1, padtype="reflect") if (self.up, self.down) != (1, 1) else x
         y = mne.filter.filter_data(
             y, self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in), verbose="error"
         )
@@ -212,10 +212,7 @@ class RecordingPipeline:
             raise NoUsableWindowsError(f"{self.name}: every sample is NaN or Inf")
         mad = np.median(np.abs(y - np.median(y, axis=1, keepdims=True)), axis=1)
         types, names = self.full_layout.types, self.full_layout.names
-        reasons: dict[str, str] = {}
-        for i, n in enumerate(names):
-            if n in self.raw.info["bads"]:
-                reasons[n] = "marked bad in the recording"
+        reasons = {n: "marked bad in the recording" for n in names if n in self.raw.info["bads"]}
         for t in SensorType:
             idx = np.flatnonzero(types == t)
             if idx.size == 0:

@@ -20,7 +20,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import litdata
 import numpy as np
 
 from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError
@@ -133,6 +132,8 @@ def prepare(
     Raises `OutputExistsError` when ``out`` exists and ``overwrite`` is False, and
     `BrainforgeDataError` when nothing could be prepared (or on the first bad input if ``strict``).
     """
+    import litdata  # heavy (torch): only when shards are written
+
     spec = spec or PreprocessingSpec()
     out = Path(out).resolve()
     if out.exists() and not overwrite:
