@@ -10,7 +10,7 @@ import sys
 from .describe import describe
 from .errors import BrainforgeDataError
 from .preprocess import PreprocessingSpec
-from .shards import prepare
+from .shards import prepare, skip_message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"wrote {m['n_windows']} windows from {m['n_recordings']} recording(s) to {args.out}")
             for s in m["skipped"]:
-                print(f"  skipped {s['path']}: {s['reason']}")
+                print(f"  skipped {skip_message(s)}")
         else:
             info = describe(args.path)
             print(json.dumps(info, indent=2, default=str) if args.json else info["text"])

@@ -113,6 +113,11 @@ def _recording_items(job: _Job):
     _write_json_atomic(Path(job.reports) / f"{name}.json", report)
 
 
+def skip_message(entry: dict) -> str:
+    """'PATH: reason' for a manifest ``skipped`` entry (reasons usually name the path already)."""
+    return entry["reason"] if entry["reason"].startswith(entry["path"]) else f"{entry['path']}: {entry['reason']}"
+
+
 def _partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
 
@@ -168,7 +173,7 @@ def prepare(
         if strict and skipped_all:
             raise BrainforgeDataError(f"{skipped_all[0]['path']}: {skipped_all[0]['reason']}")
         for s in skipped_all:
-            log.warning("skipped %s: %s", s["path"], s["reason"])
+            log.warning("skipped %s", skip_message(s))
         if not ok:
             raise BrainforgeDataError(
                 "nothing could be prepared: "

@@ -211,3 +211,24 @@ def test_cli_help_and_inspect(fixtures, good_shards):
 def test_stride_overlap(fixtures, tmp_path):
     m = prepare([fixtures / "test.edf"], tmp_path / "o", PreprocessingSpec(window_s=2.0, stride_s=1.0), progress=False)
     assert m["recordings"][0]["n_windows"] == 5  # 6 s, 2 s windows every 1 s
+
+
+def test_every_shared_entry_point_prepares_or_is_skipped(shared_recordings, tmp_path):
+    """Every entry point of ../shared/data/recordings/MANIFEST.md either yields windows or a precise reason."""
+    from data import discover
+
+    sources, _ = discover([shared_recordings])
+    m = prepare([shared_recordings], tmp_path / "all", workers=2, progress=False)
+    done = {r["path"] for r in m["recordings"]}
+    skipped = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert {str(s.path) for s in sources} == done | set(skipped)
+    assert not done & set(skipped)
+    assert len(done) >= 30
+    fif = next(r for r in m["recordings"] if r["path"].endswith("fif/test_raw.fif"))
+    assert sum(fif["channels"].values()) + len(fif["bad_channels"]) == 204 + 102 + 60
+    assert "outlier" in fif["bad_channels"]["MEG 2443"]  # the known-bad sensor of the MNE sample data
+    for path, reason in skipped.items():
+        assert Path(path).name in reason, reason
+        assert any(k in reason for k in ("shorter than one", "annotations only", "epoched", "missing", "truncated", "cannot be read")), reason
+    # the Neuroscan CNT files whose read_raw segfaults are opened by brainforge itself
+    assert sum(p.endswith(".cnt") for p in done) == 3
