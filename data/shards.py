@@ -16,12 +16,12 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_directory, content_hash, write_json_atomic
 from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError
 from .preprocess import PreprocessingSpec, RecordingPipeline
 from .readers import RecordingSource, discover
@@ -40,26 +40,6 @@ class _Job:
     reports: str
     strict: bool
     chunk_s: float
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file, or of every file under a folder recording (.ds, .mff), in sorted order."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _recording_items(job: _Job):
@@ -110,16 +90,12 @@ def _recording_items(job: _Job):
         report.update(status="skipped", reason=reason)
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     name = hashlib.sha1(src.recording_id.encode()).hexdigest()[:16]
-    _write_json_atomic(Path(job.reports) / f"{name}.json", report)
+    write_json_atomic(Path(job.reports) / f"{name}.json", report)
 
 
 def skip_message(entry: dict) -> str:
     """'PATH: reason' for a manifest ``skipped`` entry (reasons usually name the path already)."""
     return entry["reason"] if entry["reason"].startswith(entry["path"]) else f"{entry['path']}: {entry['reason']}"
-
-
-def _partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
 
 
 def prepare(
@@ -146,13 +122,9 @@ def prepare(
     sources, skipped = discover([Path(p) for p in inputs])
     if strict and skipped:
         raise BrainforgeDataError(f"{skipped[0][0]}: {skipped[0][1]}")
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run: never valid
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_dir(out)
-    shards, reports = tmp / "shards", tmp / "reports"
-    reports.mkdir(parents=True)
-    try:
+    with atomic_directory(out, overwrite) as tmp:
+        shards, reports = tmp / "shards", tmp / "reports"
+        reports.mkdir()
         if sources:
             jobs = [_Job(s, spec, str(reports), strict, chunk_s) for s in sources]
             litdata.optimize(
@@ -164,41 +136,26 @@ def prepare(
                 reorder_files=False,
                 verbose=progress,
             )
-        recs = [json.loads(p.read_text()) for p in sorted(reports.glob("*.json"))]
-        recs.sort(key=lambda r: r["recording"])
+        recs = sorted((json.loads(p.read_text()) for p in reports.glob("*.json")), key=lambda r: r["recording"])
         ok = [r for r in recs if r["status"] == "ok"]
         skipped_all = [{"path": p, "reason": r} for p, r in skipped] + [
             {"path": r["path"], "reason": r["reason"]} for r in recs if r["status"] != "ok"
         ]
         if strict and skipped_all:
-            raise BrainforgeDataError(f"{skipped_all[0]['path']}: {skipped_all[0]['reason']}")
+            raise BrainforgeDataError(skip_message(skipped_all[0]))
         for s in skipped_all:
             log.warning("skipped %s", skip_message(s))
         if not ok:
             raise BrainforgeDataError(
-                "nothing could be prepared: "
-                + ("; ".join(f"{s['path']}: {s['reason']}" for s in skipped_all) or "no recordings found")
+                "nothing could be prepared: " + ("; ".join(map(skip_message, skipped_all)) or "no recordings found")
             )
         manifest = _manifest(spec, ok, skipped_all, shards)
         for f in shards.iterdir():
             os.replace(f, tmp / f.name)
         shutil.rmtree(shards)
         shutil.rmtree(reports)
-        _write_json_atomic(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, out)
-        return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
 
 
 def _manifest(spec: PreprocessingSpec, ok: list[dict], skipped: list[dict], shards: Path) -> dict:

@@ -1,0 +1,36 @@
+"""A LightningCLI that gives every run a directory: CSV + TensorBoard logs and checkpoints with ``last.ckpt``.
+
+``--trainer.default_root_dir`` is the run directory (default ``runs/<stage>``); logs go straight into it and
+checkpoints into ``<run>/checkpoints/``. Any ``--trainer.*`` option still works; a logger or ModelCheckpoint
+given on the command line or in YAML replaces the defaults. Later stages reuse this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+
+class RunDirCLI(LightningCLI):
+    """LightningCLI with run-directory defaults. ``stage`` names the default ``runs/<stage>`` folder."""
+
+    stage = "run"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(*args, **kwargs)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        root = config.get("default_root_dir") or f"runs/{self.stage}"
+        config["default_root_dir"] = root
+        if config.get("logger") in (None, True):
+            config["logger"] = [CSVLogger(root, name="", version=""), TensorBoardLogger(root, name="", version="")]
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if not any(isinstance(c, ModelCheckpoint) for c in given):
+            callbacks = [*callbacks, ModelCheckpoint(dirpath=f"{root}/checkpoints", save_last=True)]
+        return super()._instantiate_trainer(config, callbacks)

@@ -1,0 +1,100 @@
+"""``python -m tokenizer eval``: reconstruction quality and codebook use of a package on window shards.
+
+Every window is encoded to tokens and decoded back onto its own sensors. Metrics are split by EEG and
+MEG (see `tokenizer.metrics`). Optional PNG plots: original vs reconstruction for a few channels,
+average amplitude spectra, and code usage per RVQ level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.dataset import WindowCollator, window_dataset
+from tokenizer.metrics import CodebookUsage, ReconstructionMetrics, bits_per_channel_second
+from tokenizer.package import load_package
+
+
+@torch.no_grad()
+def evaluate(
+    package: str | Path,
+    shards: str | Path,
+    plots: str | Path | None = None,
+    batch_size: int = 32,
+    max_windows: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics dict: ``eeg/pcc``, ``meg/nmse``, ..., ``usage_l0``, ``perplexity_l0``, ``bits_per_channel_second``."""
+    model = load_package(package).model
+    cfg = model.config
+    ds = window_dataset(shards)
+    n = len(ds) if max_windows is None else min(len(ds), max_windows)
+    collate = WindowCollator(max_channels=None)
+    rec, usage = ReconstructionMetrics(cfg.sfreq), CodebookUsage(cfg.rvq_levels, cfg.codebook_size)
+    bits, first = [], None
+    for lo in tqdm(range(0, n, batch_size), desc="eval", unit="batch", disable=not progress):
+        batch = collate([ds[i] for i in range(lo, min(lo + batch_size, n))])
+        geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+        idx = model.encode(batch["signal"], *geo)
+        recon = model.decode(idx, *geo)
+        rec.update(recon, batch["signal"], batch["types"], batch["channel_mask"])
+        usage.update(idx)
+        bits += [bits_per_channel_second(cfg, int(c)) for c in batch["channel_mask"].sum(1)]
+        if first is None:
+            first = (batch, recon)
+    metrics = {**rec.compute(), **usage.compute(), "bits_per_channel_second": float(np.mean(bits)),
+               "n_windows": n, "codebook_size": cfg.codebook_size, "levels": cfg.rvq_levels}
+    if plots is not None and first is not None:
+        _plots(Path(plots), first[0], first[1], usage, cfg.sfreq)
+    return metrics
+
+
+def _plots(out: Path, batch: dict, recon: torch.Tensor, usage: CodebookUsage, sfreq: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    x, y = batch["signal"][0], recon[0]
+    n_real = int(batch["channel_mask"][0].sum())
+    t = np.arange(x.shape[-1]) / sfreq
+    chans = np.linspace(0, n_real - 1, min(4, n_real)).round().astype(int)
+    fig, axes = plt.subplots(len(chans), 1, figsize=(10, 1.8 * len(chans)), sharex=True, squeeze=False)
+    for ax, c in zip(axes[:, 0], chans, strict=True):
+        ax.plot(t, x[c], lw=0.8, label="original")
+        ax.plot(t, y[c], lw=0.8, label="reconstruction")
+        ax.set_ylabel(f"ch {c}")
+    axes[0, 0].legend(loc="upper right")
+    axes[-1, 0].set_xlabel(f"time (s), window t0 = {batch['t0_s'][0]:.1f} s of {batch['recording'][0]}")
+    fig.tight_layout()
+    fig.savefig(out / "reconstruction.png", dpi=100)
+    plt.close(fig)
+
+    mask = batch["channel_mask"]
+    f = np.fft.rfftfreq(x.shape[-1], 1 / sfreq)
+    amp = lambda s: np.abs(np.fft.rfft(s[mask].numpy(), axis=-1)).mean(0)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogy(f, amp(batch["signal"]), label="original")
+    ax.semilogy(f, amp(recon), label="reconstruction")
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("mean |rfft| (scaled units)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "spectra.png", dpi=100)
+    plt.close(fig)
+
+    counts = usage.counts.numpy()
+    fig, axes = plt.subplots(1, counts.shape[0], figsize=(3 * counts.shape[0], 3), squeeze=False)
+    for lvl, ax in enumerate(axes[0]):
+        c = np.sort(counts[lvl])[::-1]
+        ax.bar(np.arange(len(c)), c, width=1.0)
+        ax.set_title(f"level {lvl}: {(c > 0).mean():.0%} used")
+        ax.set_xlabel("code (sorted by use)")
+    axes[0, 0].set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(out / "codebook_usage.png", dpi=100)
+    plt.close(fig)

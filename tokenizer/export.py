@@ -1,0 +1,41 @@
+"""``python -m tokenizer export RUN --out DIR``: a training run's checkpoint -> a tokenizer package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.atomic import atomic_directory
+from tokenizer.lightning import PREPROCESSING_KEY, build_config
+from tokenizer.model import BrainTokenizer
+from tokenizer.package import TokenizerPackageError, save_package
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """RUN may be a checkpoint file or a run directory (its ``checkpoints/last.ckpt``)."""
+    run = Path(run)
+    ckpt = run if run.is_file() else run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise TokenizerPackageError(f"no checkpoint at {ckpt}: pass a run directory with checkpoints/last.ckpt or a .ckpt file")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Path) -> tuple[BrainTokenizer, dict, dict]:
+    """(model in eval mode, preprocessing dict, checkpoint facts) from a TokenizerModule checkpoint."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = state.get("hyper_parameters", {})
+    config = build_config(hp.get("preset", "tiny"), hp.get("overrides"))
+    model = BrainTokenizer(config)
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    facts = {"checkpoint": str(ckpt), "global_step": state.get("global_step"), "epoch": state.get("epoch")}
+    return model.eval(), state.get(PREPROCESSING_KEY, {}), facts
+
+
+def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the package atomically; its metrics.json starts with the training facts (eval adds quality)."""
+    model, preprocessing, facts = model_from_checkpoint(find_checkpoint(run))
+    with atomic_directory(out, overwrite) as tmp:
+        save_package(model, tmp, preprocessing=preprocessing, metrics={"training": facts})
+    return Path(out)

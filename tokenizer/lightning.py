@@ -1,0 +1,128 @@
+"""`TokenizerModule`: the BrainTokenizer science as a LightningModule (data: `data.WindowDataModule`).
+
+The model is built in `configure_model`, after the Trainer has set up its strategy, so that
+``sync_codebook`` is decided from the real world size (True with more than one process) instead of
+the quantizer library guessing it at construction time, before the process group exists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from tokenizer.config import TokenizerConfig
+from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
+from tokenizer.model import BrainTokenizer
+
+PREPROCESSING_KEY = "brainforge_preprocessing"
+
+
+def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TokenizerConfig:
+    """A preset (`tiny`, `small`, `base`) with field overrides, e.g. {"codebook_size": 512}."""
+    base = TokenizerConfig.preset(preset).to_dict()
+    unknown = sorted(set(overrides or {}) - set(base))
+    if unknown:
+        raise ValueError(f"tokenizer config: unknown field(s) {unknown}; see tokenizer/config.py")
+    return TokenizerConfig.from_dict({**base, **(overrides or {})})
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains a `BrainTokenizer` on window batches.
+
+    Args:
+        preset: size preset, ``tiny`` | ``small`` | ``base``.
+        overrides: TokenizerConfig fields to change from the preset.
+        lr: peak AdamW learning rate; weight_decay applies to weights only (not norms, biases, embeddings).
+        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the run.
+        sync_codebook: None decides from the Trainer's world size; True/False forces it.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        overrides: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        sync_codebook: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = build_config(preset, overrides)
+        self.model: BrainTokenizer | None = None
+        self.preprocessing: dict[str, Any] = {}
+        self._val_metrics: ReconstructionMetrics | None = None
+        self._val_usage: CodebookUsage | None = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        sync = self.hparams.sync_codebook
+        if sync is None:
+            sync = self._trainer is not None and self.trainer.world_size > 1
+        self.model = BrainTokenizer(self.config, sync_codebook=bool(sync))
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "preprocessing"):
+            self.preprocessing = dm.preprocessing
+
+    # --- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch)
+        b = batch["signal"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=b)
+        for k, v in out["losses"].items():
+            self.log(f"train/{k}", v, batch_size=b)
+        return out["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_metrics = ReconstructionMetrics(self.config.sfreq)
+        self._val_usage = CodebookUsage(self.config.rvq_levels, self.config.codebook_size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch, channel_dropout=False)
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["signal"].shape[0], sync_dist=True)
+        self._val_metrics.update(out["recon"], batch["signal"], batch["types"], batch["channel_mask"])
+        self._val_usage.update(out["indices"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {**self._val_metrics.compute(), **self._val_usage.compute()}
+        keep = ("eeg/pcc", "eeg/nmse", "meg/pcc", "meg/nmse", "usage_l0", "usage_l1", "usage_l2", "usage_l3")
+        for k in keep:
+            if k in metrics:
+                self.log(f"val/{k}", metrics[k], sync_dist=True)
+
+    # --- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- checkpoint extras ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[PREPROCESSING_KEY] = self.preprocessing
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.preprocessing = checkpoint.get(PREPROCESSING_KEY, {})
