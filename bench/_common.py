@@ -1,0 +1,236 @@
+"""Helpers shared by the scripts in ``bench/``: machine description, timing, child-process memory, markdown.
+
+Nothing here prints a number it did not measure. Import from a bench script with
+``sys.path.insert(0, str(Path(__file__).parent))`` then ``import _common``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------------
+# Machine
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str:
+    try:
+        return str(importlib.import_module(name).__version__)
+    except Exception as e:  # a missing package is reported, not fatal
+        return f"not importable ({type(e).__name__})"
+
+
+def machine_description(packages: Sequence[str] = ("numpy", "scipy", "torch", "mne")) -> dict[str, str]:
+    """CPU, cores, RAM, load, OS, Python and package versions, and the date, as display strings."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    desc = {
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu_model(),
+        "cores": f"{psutil.cpu_count(logical=True)} logical ({psutil.cpu_count(logical=False)} physical)",
+        "ram": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in load),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+    desc.update({name: package_version(name) for name in packages})
+    return desc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` calls of each fn, run round-robin so that background load hits every
+    side alike; with ``warmup`` each fn first runs once untimed."""
+    if warmup:
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------
+# Peak memory of a child process tree
+
+
+@dataclass
+class ChildRun:
+    """A finished child command and its memory, in bytes.
+
+    ``peak_rss_sum``: the largest sum of RSS over the child and all its descendants at one poll
+    (shared library pages count once per process, so this overstates what the tree really holds).
+    ``peak_pss_sum``: the same with PSS, where a shared page is split between the processes mapping it.
+    ``peak_rss_max_process``: the largest RSS any single process of the tree reached, from the kernel
+    (``ru_maxrss`` of the finished tree, exact, not polled).
+    """
+
+    cmd: list[str]
+    returncode: int
+    wall_s: float
+    peak_rss_sum: int
+    peak_pss_sum: int
+    peak_rss_max_process: int
+    max_processes: int
+    output_tail: str = ""
+    samples: int = 0
+
+
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _tree_memory(procs: list[psutil.Process]) -> tuple[int, int, int]:
+    """(sum RSS, sum PSS, number of live processes) of some processes right now."""
+    rss = pss = n = 0
+    for p in procs:
+        try:
+            m = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        rss += m.rss
+        pss += getattr(m, "pss", m.rss)
+        n += 1
+    return rss, pss, n
+
+
+def _poll_peaks(launcher: psutil.Process, stop: threading.Event, out: dict, interval_s: float) -> None:
+    while not stop.is_set():
+        rss, pss, n = _tree_memory(_descendants(launcher))
+        out["rss"], out["pss"] = max(out["rss"], rss), max(out["pss"], pss)
+        out["n"], out["samples"] = max(out["n"], n), out["samples"] + 1
+        stop.wait(interval_s)
+
+
+# A small interpreter between us and the measured command. On Linux a process's ru_maxrss starts from
+# its parent's RSS at fork time, so a command forked straight from a big benchmark process would report
+# at least the benchmark's own size; forked from this launcher it starts from a few MB.
+_LAUNCHER = """
+import json, resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(sys.argv[1], "w") as f:
+    json.dump({"rc": rc, "maxrss": kb if sys.platform == "darwin" else kb * 1024}, f)
+"""
+
+
+def run_measured(
+    cmd: Sequence[str], cwd: str | Path | None = None, env: dict | None = None, interval_s: float = 0.05
+) -> ChildRun:
+    """Run ``cmd`` in a fresh child process; return its wall time and peak memory (see `ChildRun`).
+
+    The command's process tree is polled every ``interval_s`` seconds (a peak shorter than that can
+    be missed by the sums, never by ``peak_rss_max_process``). Its output goes to a temporary file,
+    not a pipe, so that a chatty child can never block; the last 4000 characters are kept.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench_run_") as d:
+        result, log_path = Path(d) / "result.json", Path(d) / "output.log"
+        with open(log_path, "w") as log:
+            t0 = time.perf_counter()
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(result), *cmd], cwd=cwd, env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            peaks = {"rss": 0, "pss": 0, "n": 0, "samples": 0}
+            stop = threading.Event()
+            poller = threading.Thread(
+                target=_poll_peaks, args=(psutil.Process(launcher.pid), stop, peaks, interval_s)
+            )
+            poller.start()
+            try:
+                launcher.wait()
+            finally:
+                stop.set()
+                poller.join()
+            wall = time.perf_counter() - t0
+        tail = log_path.read_text(errors="replace")[-4000:]
+        if not result.exists():
+            raise RuntimeError(f"measurement launcher failed (rc {launcher.returncode}):\n{tail}")
+        res = json.loads(result.read_text())
+    return ChildRun(
+        cmd=list(cmd), returncode=res["rc"], wall_s=wall, peak_rss_sum=peaks["rss"], peak_pss_sum=peaks["pss"],
+        peak_rss_max_process=res["maxrss"], max_processes=peaks["n"], output_tail=tail, samples=peaks["samples"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt_mb(n_bytes: float) -> str:
+    return f"{n_bytes / MB:,.0f} MB"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table (also readable as plain text in a terminal)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def machine_table(desc: dict[str, str]) -> str:
+    return table(["", "value"], list(desc.items()))
+
+
+def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """Write ``# title`` then one ``## heading`` + body per section; atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {title}\n\n" + "\n\n".join(f"## {h}\n\n{body.strip()}" for h, body in sections) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this script was run, relative to the repository root, e.g. ``.venv/bin/python bench/x.py --quick``."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve()
+    root = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable)
+    exe_s = str(exe.relative_to(root)) if exe.is_relative_to(root) else "python"
+    script_s = str(script.relative_to(root)) if script.is_relative_to(root) else str(script)
+    return " ".join([exe_s, script_s, *argv[1:]])
