@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     pr.add_argument("--spec", default=None, help="a preprocessing.json to apply instead of the defaults")
     pr.add_argument("--line-freq", type=float, default=None, help="mains frequency in Hz (default: from the recording, else notch 50 and 60)")
-    pr.add_argument("--chunk-s", type=float, default=60.0, help="seconds of input processed at a time; bounds memory (default 60)")
+    pr.add_argument("--chunk-s", type=float, default=None, help="seconds of input processed at a time; bounds memory (default: about 4M values per chunk, at least 60 s)")
     pr.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically, at the end)")
     pr.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,12 +3,14 @@
 Order per chunk (input samples, all channels of the layout):
   resample to ``spec.sfreq`` (polyphase, rational ratio) -> band-pass (FIR, zero phase)
   -> notch at the line frequency and its harmonics below the low-pass.
-Long recordings stream through in chunks read with ``raw.get_data(start, stop)``; each chunk
-carries margins longer than the filters, so the stitched output equals filtering the whole
-recording at once and peak memory does not grow with duration.
+The band-pass and notch are MNE's own FIR designs (`mne.filter.create_filter`, as `filter_data` and
+`notch_filter` make them), built once per recording, combined into one filter and applied to all
+channels in one FFT convolution. Long recordings stream through in chunks read with
+``raw.get_data(start, stop)``; each chunk carries margins longer than the filter, so the stitched
+output equals filtering the whole recording at once and peak memory does not grow with duration.
 
-Bad channels (flat, or robust-z outliers of log-MAD within a sensor type, or in ``info["bads"]``)
-are excluded. Each sensor type is divided by one robust scale (median over its good channels of
+Bad channels (flat, or robust-z outliers of log-MAD within a sensor type, or in ``info["bads"]``),
+judged on the first chunk, are excluded. Each sensor type is divided by one robust scale (median over its good channels of
 the per-channel median absolute deviation), so amplitude ratios between channels of one type
 survive. Scales are measured per recording and returned, not stored in the spec.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import mne
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, oaconvolve, resample_poly
 
 from .errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError, SamplingRateError
 from .sensors import SensorLayout, SensorType, layout_from_info
@@ -32,6 +34,7 @@ from .sensors import SensorLayout, SensorType, layout_from_info
 log = logging.getLogger("brainforge.data")
 
 SPEC_VERSION = 1
+CHUNK_SAMPLES = 4_000_000  # input values (channels x samples) per chunk when chunk_s is not given
 
 
 @dataclass
@@ -113,7 +116,7 @@ class RecordingPipeline:
     >>> for w in pipe.windows(): ...  # w.signal: [C_good, 512] float32
     """
 
-    def __init__(self, raw: mne.io.BaseRaw, spec: PreprocessingSpec, name: str = "", chunk_s: float = 60.0):
+    def __init__(self, raw: mne.io.BaseRaw, spec: PreprocessingSpec, name: str = "", chunk_s: float | None = None):
         self.raw, self.spec, self.name = raw, spec, name or str(raw.filenames[0] if raw.filenames else "recording")
         self.sfreq_in = float(raw.info["sfreq"])
         full_layout, self.picks = layout_from_info(raw.info, name=self.name)
@@ -140,24 +143,32 @@ class RecordingPipeline:
         self.up, self.down = _rational_ratio(spec.sfreq, self.sfreq_in)
         self.sfreq_out = self.sfreq_in * self.up / self.down  # equals spec.sfreq up to the rational approximation
         self.notch_freqs = spec.notch_freqs(self.sfreq_in, raw.info.get("line_freq"))
-        margin_out = self._filter_half_length() + 64
-        self.margin_in = self._round_up(int(np.ceil(margin_out * self.down / self.up)) + 10 * self.down)
+        self.fir = self._design_fir()
+        self.half = (len(self.fir) - 1) // 2
+        rate = max(self.up, self.down)
+        self.resample_fir = firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)) if rate > 1 else None
+        self.margin_in = self._round_up(int(np.ceil((self.half + 64) * self.down / self.up)) + 10 * self.down)
+        if chunk_s is None:  # a sample budget: a few minutes of EEG, bounded memory for big MEG arrays
+            chunk_s = max(60.0, CHUNK_SAMPLES / (len(full_layout) * self.sfreq_in))
         self.chunk_in = self._round_up(max(int(chunk_s * self.sfreq_in), 4 * self.down))
 
     # --- geometry of the stream -------------------------------------------------------------
     def _round_up(self, n: int) -> int:
         return -(-n // self.down) * self.down
 
-    def _filter_half_length(self) -> int:
-        n = 0
-        if self.spec.l_freq is not None or self.spec.h_freq_max:
-            h = mne.filter.create_filter(
-                None, self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in), verbose="error"
-            )
-            n += len(h) // 2
+    def _design_fir(self) -> np.ndarray:
+        """Band-pass and notch FIRs at ``spec.sfreq`` (MNE defaults), convolved into one symmetric filter."""
+        sf, spec = self.spec.sfreq, self.spec
+        h = mne.filter.create_filter(None, sf, spec.l_freq, spec.low_pass(self.sfreq_in), verbose="error")
         if self.notch_freqs:
-            n += int(np.ceil(6.6 / 1.0 * self.spec.sfreq)) // 2  # notch transition 1 Hz, hamming 3.3/Δf
-        return n
+            freqs = np.asarray(self.notch_freqs)
+            tb_2 = 0.5  # notch_filter's trans_bandwidth=1 Hz, notch widths freq/200
+            lows, highs = freqs - freqs / 400 - tb_2, freqs + freqs / 400 + tb_2
+            notch = mne.filter.create_filter(
+                None, sf, highs, lows, l_trans_bandwidth=tb_2, h_trans_bandwidth=tb_2, verbose="error"
+            )
+            h = np.convolve(h, notch)
+        return h
 
     @property
     def n_out(self) -> int:
@@ -183,31 +194,31 @@ class RecordingPipeline:
         flat_in = np.zeros_like(x, dtype=bool)
         flat_in[:, 1:] = np.diff(x, axis=1) == 0
         flat_in[:, 0] = flat_in[:, 1] if x.shape[1] > 1 else True
-        y = resample_poly(x, self.up, self.down, axis=1, padtype="reflect") if (self.up, self.down) != (1, 1) else x
-        y = mne.filter.filter_data(
-            y, self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in), verbose="error"
-        )
-        if self.notch_freqs:
-            y = mne.filter.notch_filter(y, self.spec.sfreq, self.notch_freqs, verbose="error")
+        if self.resample_fir is not None:
+            y = resample_poly(x, self.up, self.down, axis=1, window=self.resample_fir, padtype="reflect")
+        else:
+            y = x
+        # zero-phase FIR: point-reflect at the recording's own edges, real data (margins) elsewhere
+        pad_l, pad_r = (self.half if lo == 0 else 0), (self.half if hi == self.n_in else 0)
+        y = np.pad(y, ((0, 0), (pad_l, pad_r)), mode="reflect", reflect_type="odd")  # as MNE's reflect_limited
+        y = oaconvolve(y, self.fir[None], mode="valid", axes=1)
         o_lo, o_a, o_b = lo * self.up // self.down, a * self.up // self.down, b * self.up // self.down
         if b == self.n_in:
             o_b = self.n_out
-        y = y[:, o_a - o_lo : o_b - o_lo]
+        first = o_lo + self.half - pad_l  # output index of y[:, 0]
+        y = y[:, o_a - first : o_b - first]
         # map each output sample to the input sample it sits on (within the read segment)
         src = np.minimum((np.arange(o_a, o_b) * self.down) // self.up - lo, x.shape[1] - 1)
         return y, nonfinite_in[src], flat_in[:, src]
 
     @cached_property
     def calibration(self) -> dict:
-        """Bad channels and per-type scales from up to 4 evenly spaced chunks.
+        """Bad channels and per-type scales, judged on the first chunk (which windows() then reuses).
 
         Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}}.
         """
-        bounds = list(self._chunk_bounds())
-        pick = np.unique(np.linspace(0, len(bounds) - 1, min(4, len(bounds))).round().astype(int))
-        parts = [self.process_chunk(*bounds[i]) for i in pick]
-        self._first_chunk = parts[0]  # windows() starts with it: don't filter it twice
-        y = np.concatenate([p[0][:, ~p[1]] for p in parts], axis=1)
+        self._first_chunk = self.process_chunk(*next(self._chunk_bounds()))
+        y = self._first_chunk[0][:, ~self._first_chunk[1]]
         if y.shape[1] == 0:
             raise NoUsableWindowsError(f"{self.name}: every sample is NaN or Inf")
         mad = np.median(np.abs(y - np.median(y, axis=1, keepdims=True)), axis=1)

@@ -30,6 +30,7 @@ from .sensors import channel_type_counts
 log = logging.getLogger("brainforge.data")
 
 SCHEMA_VERSION = 1
+CHUNK_BYTES = "64MB"
 MANIFEST = "manifest.json"
 
 
@@ -39,7 +40,7 @@ class _Job:
     spec: PreprocessingSpec
     reports: str
     strict: bool
-    chunk_s: float
+    chunk_s: float | None
 
 
 def _recording_items(job: _Job):
@@ -98,6 +99,24 @@ def skip_message(entry: dict) -> str:
     return entry["reason"] if entry["reason"].startswith(entry["path"]) else f"{entry['path']}: {entry['reason']}"
 
 
+def _write_in_process(jobs: list[_Job], shards: Path, progress: bool) -> None:
+    """One process: litdata's own chunk writer, without starting a worker (and a second torch)."""
+    from litdata.streaming.writer import BinaryWriter
+    from tqdm import tqdm
+
+    shards.mkdir()
+    writer, index = BinaryWriter(str(shards), chunk_bytes=CHUNK_BYTES), 0
+    bar = tqdm(jobs, desc="prepare", unit="recording", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(Path(job.source.path).name)
+        for item in _recording_items(job):
+            writer[index] = item
+            index += 1
+    if index:  # merge() would wait forever for an index that an empty writer never writes
+        writer.done()
+        writer.merge()
+
+
 def prepare(
     inputs: list[str | Path],
     out: str | Path,
@@ -105,7 +124,7 @@ def prepare(
     workers: int = 1,
     overwrite: bool = False,
     strict: bool = False,
-    chunk_s: float = 60.0,
+    chunk_s: float | None = None,
     progress: bool = True,
 ) -> dict:
     """Prepare window shards from recordings, folders or BIDS roots. Returns the manifest dict.
@@ -125,22 +144,23 @@ def prepare(
     with atomic_directory(out, overwrite) as tmp:
         shards, reports = tmp / "shards", tmp / "reports"
         reports.mkdir()
-        if sources:
-            jobs = [_Job(s, spec, str(reports), strict, chunk_s) for s in sources]
+        jobs = [_Job(s, spec, str(reports), strict, chunk_s) for s in sources]
+        if len(jobs) > 1 and workers > 1:
             litdata.optimize(
-                fn=_recording_items,
-                inputs=jobs,
-                output_dir=str(shards),
-                chunk_bytes="64MB",
-                num_workers=max(1, min(workers, len(jobs))),
-                reorder_files=False,
-                verbose=progress,
+                fn=_recording_items, inputs=jobs, output_dir=str(shards), chunk_bytes=CHUNK_BYTES,
+                num_workers=min(workers, len(jobs)), reorder_files=False, verbose=progress,
             )
+        elif jobs:
+            _write_in_process(jobs, shards, progress)
         recs = sorted((json.loads(p.read_text()) for p in reports.glob("*.json")), key=lambda r: r["recording"])
         ok = [r for r in recs if r["status"] == "ok"]
-        skipped_all = [{"path": p, "reason": r} for p, r in skipped] + [
-            {"path": r["path"], "reason": r["reason"]} for r in recs if r["status"] != "ok"
-        ]
+        reported = {r["path"] for r in recs}
+        skipped_all = (
+            [{"path": p, "reason": r} for p, r in skipped]
+            + [{"path": r["path"], "reason": r["reason"]} for r in recs if r["status"] != "ok"]
+            + [{"path": str(s.path), "reason": f"{s.path}: the worker process died while preparing it (crash or out of memory)"}
+               for s in sources if str(s.path) not in reported]
+        )
         if strict and skipped_all:
             raise BrainforgeDataError(skip_message(skipped_all[0]))
         for s in skipped_all:

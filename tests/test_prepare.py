@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, check=True, **kw):
+    kw.setdefault("timeout", 300)
     res = subprocess.run([sys.executable, "-m", "data", *args], cwd=REPO, capture_output=True, text=True, **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"exit {res.returncode}\n{res.stdout}\n{res.stderr}")
