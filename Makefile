@@ -21,11 +21,22 @@ test: install
 
 DEMO := runs/demo
 DEMO_INPUTS := tests/data/sample_audvis_5s_raw.fif tests/data/test.edf tests/data/test_subsecond.edf tests/data/bti
+DEMO_HELDOUT := tests/data/test_edf_stim_channel.edf
+DEMO_STEPS ?= 150
 
 # The main job on bundled real recordings, one stage after another.
 demo: install
 	$(BIN)/python -m data prepare $(DEMO_INPUTS) --out $(DEMO)/shards --overwrite
+	$(BIN)/python -m data prepare $(DEMO_HELDOUT) --out $(DEMO)/heldout --overwrite --quiet
 	$(BIN)/python -m data inspect $(DEMO)/shards
+	rm -rf $(DEMO)/tokenizer
+	$(BIN)/python -m tokenizer fit -c tokenizer/configs/tiny.yaml --data.train $(DEMO)/shards --data.val $(DEMO)/heldout \
+		--trainer.max_steps $(DEMO_STEPS) --trainer.default_root_dir $(DEMO)/tokenizer
+	$(BIN)/python -m tokenizer export $(DEMO)/tokenizer --out $(DEMO)/tokenizer_pkg --overwrite
+	$(BIN)/python -m tokenizer encode --tokenizer $(DEMO)/tokenizer_pkg --shards $(DEMO)/shards --out $(DEMO)/tokens --overwrite
+	@echo "tokenizer metrics on the held-out recording ($(DEMO_HELDOUT)); plots in $(DEMO)/tokenizer_plots:"
+	$(BIN)/python -m tokenizer eval --tokenizer $(DEMO)/tokenizer_pkg --shards $(DEMO)/heldout \
+		--plots $(DEMO)/tokenizer_plots --save-to-package
 
 lint: install
 	$(BIN)/ruff check .
