@@ -22,7 +22,7 @@ test: install
 DEMO := runs/demo
 DEMO_INPUTS := tests/data/sample_audvis_5s_raw.fif tests/data/test.edf tests/data/test_subsecond.edf tests/data/bti
 DEMO_HELDOUT := tests/data/test_edf_stim_channel.edf
-DEMO_STEPS ?= 150
+DEMO_STEPS ?= 60
 
 # The main job on bundled real recordings, one stage after another.
 demo: install

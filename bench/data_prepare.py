@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/data_prepare.py          # full: warm-up + best of 3, 10 min and 2 h tiles (~10 min)
+    .venv/bin/python bench/data_prepare.py          # full: warm-up + best of 3, 30 min and 2 h tiles (~10 min)
     .venv/bin/python bench/data_prepare.py --quick  # best of 1, no warm-up, 1 and 10 min tiles (~2 min)
 
 It measures, in one run, and prints a table and writes ``bench/results/data_prepare.md``:
@@ -509,7 +509,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.no_warmup = args.no_warmup or args.quick
     args.workers = [1] if args.quick else [1, 2]
     args.no_profile = args.no_profile or args.quick
-    args.tiles = args.tiles or ([1.0, 10.0] if args.quick else [10.0, 120.0])
+    args.tiles = args.tiles or ([1.0, 10.0] if args.quick else [30.0, 120.0])  # both longer than one chunk
     return args
 
 
