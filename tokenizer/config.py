@@ -66,7 +66,8 @@ class TokenizerConfig:
     channel_dropout: float = 0.25
     input_noise_std: float = 0.1
 
-    # loss weights
+    # losses: log(|X| + floor) on the orthonormal rfft, and the weights of the total
+    log_amp_floor: float = 0.1
     weight_time_l1: float = 1.0
     weight_pcc: float = 1.0
     weight_log_amp: float = 1.0

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.layers import CrossAttentionBlock, scatter_channels
+from tokenizer.layers import CrossAttentionBlock, init_convs_, scatter_channels
 
 
 class SensorQueryDecoder(nn.Module):
@@ -34,11 +34,13 @@ class SensorQueryDecoder(nn.Module):
 
 
 def upsample_stage(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    """ConvTranspose1d by exactly ``stride`` (length L -> L * stride), then a 7-tap conv; [M, in, L] -> [M, out, L*s]."""
+    """ConvTranspose1d by exactly ``stride`` (length L -> L * stride), then a 7-tap conv; [M, in, L] -> [M, out, L*s].
+
+    No normalisation layer, so the amplitude carried by the latents reaches the waveform.
+    """
     pad = stride // 2
     return nn.Sequential(
         nn.ConvTranspose1d(in_channels, out_channels, stride + 2 * pad, stride=stride, padding=pad),
-        nn.GroupNorm(1, out_channels),
         nn.GELU(),
         nn.Conv1d(out_channels, out_channels, 7, padding=3),
         nn.GELU(),
@@ -59,6 +61,8 @@ class WaveformDecoder(nn.Module):
             )
         )
         self.out = nn.Conv1d(widths[-1], 1, 7, padding=3)
+        init_convs_(self)
+        init_convs_(self.out, gain=0.0)  # start from a zero waveform: training fits it, rather than unlearning noise
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.out(self.up(self.pre(frames.transpose(1, 2))))[:, 0]

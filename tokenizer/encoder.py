@@ -16,11 +16,21 @@ import torch
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.layers import CrossAttentionBlock, FeedForward, SelfAttentionBlock, scatter_channels
+from tokenizer.layers import (
+    CrossAttentionBlock,
+    FeedForward,
+    SelfAttentionBlock,
+    init_convs_,
+    scatter_channels,
+)
 
 
 class InceptionBranch(nn.Module):
-    """One temporal branch: strided Conv1d -> GroupNorm -> GELU per stage. x: [N, 1, T] -> [N, c, T / hop]."""
+    """One temporal branch: strided Conv1d -> GELU per stage. x: [N, 1, T] -> [N, c, T / hop].
+
+    No normalisation layer: a GroupNorm over one channel's feature map would divide out that channel's
+    amplitude, which the per-type robust scaling deliberately keeps.
+    """
 
     def __init__(self, kernels: tuple[int, ...], strides: tuple[int, ...], channels: int) -> None:
         super().__init__()
@@ -29,7 +39,6 @@ class InceptionBranch(nn.Module):
         for kernel, stride in zip(kernels, strides, strict=True):
             layers += [
                 nn.Conv1d(in_channels, channels, kernel, stride=stride, padding=kernel // 2),
-                nn.GroupNorm(1, channels),
                 nn.GELU(),
             ]
             in_channels = channels
@@ -91,6 +100,7 @@ class ChannelEncoder(nn.Module):
         self.spectral = SpectralMotifEncoder(cfg)
         self.fuse = nn.Linear(2 * cfg.d_model, cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_mult)
+        init_convs_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         h = torch.cat([self.temporal(x), self.spectral(x)], dim=1).transpose(1, 2)

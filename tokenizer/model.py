@@ -56,11 +56,17 @@ class BrainTokenizer(nn.Module):
         self.quantizer = RVQ(config, sync_codebook=sync_codebook)
         self.decoder = BrainDecoder(config)
 
-    def _check_signal(self, signal: Tensor) -> None:
+    def _checked_mask(self, signal: Tensor, channel_mask: Tensor | None) -> Tensor:
+        """Validate signal [B, C, T] and return the channel mask [B, C] (all True when None)."""
         if signal.ndim != 3 or signal.shape[-1] % self.config.hop:
             raise ValueError(
                 f"BrainTokenizer: signal must be [B, C, T] with T a multiple of {self.config.hop}, got {tuple(signal.shape)}"
             )
+        mask = default_mask(channel_mask, signal)
+        if not mask.any(dim=1).all():
+            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"BrainTokenizer: channel_mask has no real channel in sample(s) {empty}")
+        return mask
 
     def forward(self, batch: dict[str, Tensor], channel_dropout: bool = True) -> dict[str, Tensor | dict[str, Tensor]]:
         """One training/validation pass.
@@ -71,12 +77,12 @@ class BrainTokenizer(nn.Module):
         sample's real channels is hidden from the encoder, and Gaussian noise of std ``input_noise_std`` is
         added to the encoder input; all real channels are reconstructed and scored.
 
-        Returns ``recon`` [B, C, T] float32, ``indices`` [B, N_latent, F, L] int64, ``encoder_mask`` [B, C]
-        bool (channels the encoder saw), ``loss`` (weighted total) and ``losses`` (dict of named terms).
+        Returns ``recon`` [B, C, T] (float32, or the autocast dtype), ``indices`` [B, N_latent, F, L] int64,
+        ``encoder_mask`` [B, C] bool (channels the encoder saw), ``loss`` (weighted total) and ``losses``
+        (dict of named terms, float32).
         """
         signal = batch["signal"].float()
-        self._check_signal(signal)
-        mask = default_mask(batch.get("channel_mask"), signal)
+        mask = self._checked_mask(signal, batch.get("channel_mask"))
         sensor = self.sensor_encoder(batch["types"], batch["positions"], batch["orientations"])
         visible, noisy = mask, signal
         if self.training:
@@ -101,8 +107,7 @@ class BrainTokenizer(nn.Module):
 
         Use in eval mode: in training mode the quantizer would update its codebooks.
         """
-        self._check_signal(signal)
-        mask = default_mask(channel_mask, signal)
+        mask = self._checked_mask(signal, channel_mask)
         sensor = self.sensor_encoder(types, positions, orientations)
         _, indices, _ = self.quantizer(self.encoder(signal.float(), sensor, mask))
         return indices.long()

@@ -12,14 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from data.sensors import SensorType
+from data.sensors import EEG_POSITION_SCALE_M, MEG_POSITION_SCALE_M, SensorType
 from tokenizer.layers import FeedForward
-
-try:
-    from data.sensors import EEG_POSITION_SCALE, MEG_POSITION_SCALE
-except ImportError:  # the data stage has not published its constants yet; same values
-    EEG_POSITION_SCALE = 0.1
-    MEG_POSITION_SCALE = 0.12
 
 
 def normalise_positions(positions: Tensor, types: Tensor) -> tuple[Tensor, Tensor]:
@@ -30,7 +24,7 @@ def normalise_positions(positions: Tensor, types: Tensor) -> tuple[Tensor, Tenso
     """
     known = torch.isfinite(positions).all(dim=-1)
     clean = torch.where(known[..., None], positions, torch.zeros_like(positions))
-    scale = torch.where(types == SensorType.EEG, EEG_POSITION_SCALE, MEG_POSITION_SCALE).to(clean.dtype)
+    scale = torch.where(types == SensorType.EEG, EEG_POSITION_SCALE_M, MEG_POSITION_SCALE_M).to(clean.dtype)
     return clean / scale[..., None], known
 
 

@@ -1,0 +1,123 @@
+"""Tokenizer evaluation metrics, accumulable over batches and split by modality (EEG vs MEG).
+
+- time: MAE, NMSE (error energy / target energy per channel) and PCC;
+- per band (delta 0.5-4, theta 4-8, alpha 8-13, beta 13-30, gamma 30-100 Hz): mean absolute error of
+  log-amplitude, and mean phase error 1 - cos(dphi) weighted by target amplitude (no `torch.angle`);
+- per-level codebook usage (fraction of codes used) and perplexity, from index histograms;
+- bits per channel-second = N_latent * F * L * log2(K) / (C * window_s).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from data.sensors import SensorType
+from tokenizer.config import TokenizerConfig
+from tokenizer.losses import EPS, amplitude, log_amplitude, pearson, spectrum
+
+BANDS: dict[str, tuple[float, float]] = {
+    "delta": (0.5, 4.0),
+    "theta": (4.0, 8.0),
+    "alpha": (8.0, 13.0),
+    "beta": (13.0, 30.0),
+    "gamma": (30.0, 100.0),
+}
+
+MODALITIES: dict[str, tuple[SensorType, ...]] = {
+    "eeg": (SensorType.EEG,),
+    "meg": (SensorType.MAG, SensorType.GRAD),
+}
+
+
+def bits_per_channel_second(cfg: TokenizerConfig, n_channels: int) -> float:
+    """N_latent * F * L * log2(codebook_size) / (n_channels * window_s)."""
+    bits = cfg.n_latent * cfg.n_frames * cfg.rvq_levels * math.log2(cfg.codebook_size)
+    return bits / (n_channels * cfg.window_s)
+
+
+def channel_metrics(pred: Tensor, target: Tensor, sfreq: float, log_amp_floor: float = 0.1) -> dict[str, Tensor]:
+    """Per-channel metrics of pred vs target, both [M, T] scaled units -> dict of [M] tensors.
+
+    Keys: ``mae``, ``nmse``, ``pcc``, ``logamp_<band>`` (mean |log(|X|+floor) - log(|Y|+floor)| of the
+    orthonormal rfft, as in the loss) and ``phase_<band>`` for each band of `BANDS` (bands without an rfft
+    bin below Nyquist are skipped).
+    """
+    pred, target = pred.float(), target.float()
+    err = pred - target
+    out = {
+        "mae": err.abs().mean(dim=-1),
+        "nmse": err.square().sum(dim=-1) / (target.square().sum(dim=-1) + EPS),
+        "pcc": pearson(pred, target),
+    }
+    freqs = torch.fft.rfftfreq(target.shape[-1], d=1.0 / sfreq).to(target.device)
+    pred_spec, target_spec = spectrum(pred), spectrum(target)
+    pred_amp, target_amp = amplitude(pred_spec), amplitude(target_spec)
+    logamp_err = (log_amplitude(pred_spec, log_amp_floor) - log_amplitude(target_spec, log_amp_floor)).abs()
+    cos_dphi = (pred_spec * target_spec.conj()).real / (pred_amp * target_amp)
+    for band, (lo, hi) in BANDS.items():
+        in_band = (freqs >= lo) & (freqs < hi)
+        if not in_band.any():
+            continue
+        w = target_amp[:, in_band]
+        out[f"logamp_{band}"] = logamp_err[:, in_band].mean(dim=-1)
+        out[f"phase_{band}"] = ((1.0 - cos_dphi[:, in_band]) * w).sum(dim=-1) / (w.sum(dim=-1) + EPS)
+    return out
+
+
+class ReconstructionMetrics:
+    """Running means of `channel_metrics` over real channels, per modality (``eeg``, ``meg``).
+
+    ``update(pred, target, types, channel_mask)`` with [B, C, T], [B, C, T], [B, C], [B, C] bool;
+    ``compute()`` -> {"eeg/mae": ..., "meg/phase_alpha": ..., ...} as floats (modalities seen only).
+    """
+
+    def __init__(self, sfreq: float, log_amp_floor: float = 0.1) -> None:
+        self.sfreq = sfreq
+        self.log_amp_floor = log_amp_floor
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor, types: Tensor, channel_mask: Tensor | None = None) -> None:
+        mask = torch.ones_like(types, dtype=torch.bool) if channel_mask is None else channel_mask.bool()
+        for modality, members in MODALITIES.items():
+            sel = mask & torch.isin(types, torch.tensor([int(t) for t in members], device=types.device))
+            if not sel.any():
+                continue
+            for name, values in channel_metrics(pred[sel], target[sel], self.sfreq, self.log_amp_floor).items():
+                self.sums[f"{modality}/{name}"] += values.sum().item()
+                self.counts[f"{modality}/{name}"] += values.numel()
+
+    def compute(self) -> dict[str, float]:
+        return {key: self.sums[key] / self.counts[key] for key in sorted(self.sums)}
+
+
+class CodebookUsage:
+    """Per-level histograms of code indices, accumulable over batches.
+
+    ``update(indices)`` with indices [..., L] int; ``compute()`` -> {"usage_l0": fraction of the K codes
+    used at least once, "perplexity_l0": exp(entropy of the code histogram), ...} per level.
+    """
+
+    def __init__(self, n_levels: int, codebook_size: int) -> None:
+        self.codebook_size = codebook_size
+        self.counts = torch.zeros(n_levels, codebook_size, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, indices: Tensor) -> None:
+        flat = indices.reshape(-1, indices.shape[-1]).long().cpu()
+        for level in range(self.counts.shape[0]):
+            self.counts[level] += torch.bincount(flat[:, level], minlength=self.codebook_size)
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for level, counts in enumerate(self.counts):
+            p = counts.double() / counts.sum().clamp_min(1)
+            entropy = -(p[p > 0] * p[p > 0].log()).sum()
+            out[f"usage_l{level}"] = (counts > 0).double().mean().item()
+            out[f"perplexity_l{level}"] = entropy.exp().item()
+        return out
