@@ -120,8 +120,12 @@ def _rows_from_json(rows: list, n: int) -> np.ndarray:
 # Layout from an mne.Info
 
 
+MIN_AUTO_COVERAGE = 0.5  # "auto" uses a montage only if it names at least this share of the channels
+AUTO_MONTAGES = ("standard_1005", "biosemi128", "biosemi64", "biosemi32", "GSN-HydroCel-257", "GSN-HydroCel-129")
+
+
 def layout_from_info(
-    info: mne.Info, montage: str = "standard_1005", *, name: str | None = None
+    info: mne.Info, montage: str = "auto", *, name: str | None = None
 ) -> tuple[SensorLayout, np.ndarray]:
     """The model channels of a recording and where they sit in ``info``.
 
@@ -132,13 +136,17 @@ def layout_from_info(
       direction for planar GRAD) go from the device to the head frame with ``info['dev_head_t']``
       (identity plus one warning when it is missing); orientations are unit length.
     - EEG: position ``loc[:3]`` (head frame). When it is all zeros or not finite, the position comes
-      from the standard ``montage``, matched by cleaned, case-insensitive name (see `montage_name_keys`).
+      from a built-in montage, matched by cleaned, case-insensitive name (see `montage_name_keys`);
+      with ``montage="auto"`` the one of `AUTO_MONTAGES` that names the most of those channels wins
+      (10-05 names, BioSemi A1..D32 caps, EGI E1..E256 nets), and only if it names at least half of
+      them: a cap whose labels fit no montage (e.g. BioSemi banks A1..H16) keeps unknown positions
+      rather than getting 10-05's C1 for its own C1.
       Orientations are zeros.
     - Channels whose position stays unknown get NaN rows and one logged warning for the recording.
 
     Args:
         info: the recording's measurement info.
-        montage: name of a built-in MNE montage used to fill missing EEG positions.
+        montage: a built-in MNE montage used to fill missing EEG positions, or "auto" (see above).
         name: how log messages name the recording (e.g. its path).
 
     Returns:
@@ -164,7 +172,13 @@ def layout_from_info(
 
     eeg_missing = unknown & (types == SensorType.EEG)
     if eeg_missing.any():
-        _fill_from_montage(names, eeg_missing, positions, montage)
+        if montage == "auto":
+            counts = {m: _count_matches(names, eeg_missing, m) for m in AUTO_MONTAGES}
+            montage = max(counts, key=counts.get)
+            if counts[montage] < MIN_AUTO_COVERAGE * eeg_missing.sum():
+                montage = None  # names that fit no cap well: a partial match would be a wrong position
+        if montage is not None:
+            _fill_from_montage(names, eeg_missing, positions, montage)
 
     still = ~np.isfinite(positions).all(axis=1)
     if still.any():
@@ -173,9 +187,9 @@ def layout_from_info(
         if len(missing) > _MAX_LISTED:
             listed += f", ... ({len(missing) - _MAX_LISTED} more)"
         logger.warning(
-            "%s: %d channel(s) have no known position (not in the file, no match in montage %r): %s; "
+            "%s: %d channel(s) have no known position (not in the file, no match in montage %s): %s; "
             "they get the 'unknown position' embedding",
-            label, len(missing), montage, listed,
+            label, len(missing), repr(montage) if montage else "(none of the built-in caps fits these names)", listed,
         )
     layout = SensorLayout(
         names=names,
@@ -279,6 +293,11 @@ def montage_positions(montage: str) -> Mapping[str, np.ndarray]:
     for pos in table.values():
         pos.flags.writeable = False
     return MappingProxyType(table)  # shared by every caller: read-only
+
+
+def _count_matches(names: tuple[str, ...], missing: np.ndarray, montage: str) -> int:
+    table = montage_positions(montage)
+    return sum(any(k in table for k in montage_name_keys(names[i])) for i in np.flatnonzero(missing))
 
 
 def _fill_from_montage(names: tuple[str, ...], missing: np.ndarray, positions: np.ndarray, montage: str) -> None:

@@ -230,3 +230,16 @@ def test_layout_dict_round_trip_is_json_safe() -> None:
     np.testing.assert_array_equal(back.positions, layout.positions)  # NaN == NaN for assert_array_equal
     np.testing.assert_array_equal(back.orientations, layout.orientations)
     assert back.positions.dtype == np.float32 and back.types.dtype == np.int8
+
+
+def test_auto_montage_picks_the_cap_that_fits_the_names(fixtures):
+    """EGI E1..E256 get GSN HydroCel positions; BioSemi bank labels (A1..H16), which fit no built-in cap,
+    stay unknown instead of borrowing 10-05 positions for the few that collide (A1, C1, ...)."""
+    from data import open_raw
+
+    egi, _ = layout_from_info(open_raw(fixtures / "egi" / "test_egi.raw").info)
+    assert egi.position_known.all()
+    table = montage_positions("GSN-HydroCel-257")
+    np.testing.assert_allclose(egi.positions[egi.names.index("E1")], table["e1"], atol=1e-6)
+    bank, _ = layout_from_info(open_raw(fixtures / "test.edf").info)
+    assert not bank.position_known[[bank.names.index(n) for n in ("A1", "C1", "C3")]].any()
