@@ -65,7 +65,8 @@ def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> S
     if "://" not in str(path):
         read_manifest(path)  # clear error when this is not a shard directory
         path = str(Path(path).resolve())
-    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=False)
+    # drop_last=None: litdata drops the uneven tail under DDP, so every rank gets as many batches
+    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=None)
 
 
 class WindowDataModule(L.LightningDataModule):

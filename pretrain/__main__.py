@@ -1,0 +1,53 @@
+"""``python -m pretrain``: fit | validate (LightningCLI), export.
+
+    python -m pretrain fit -c pretrain/configs/tiny.yaml --data.tokens TOKENS --model.tokenizer PKG [--trainer.max_steps N]
+    python -m pretrain fit -c pretrain/configs/tiny.yaml ... --ckpt_path last      # resume the run directory
+    python -m pretrain export runs/pretrain/tiny --out BACKBONE_PKG
+
+Every ``--trainer.*`` option works (devices, num_nodes, strategy=ddp|fsdp, precision=bf16-mixed, ...);
+under ``torchrun`` or SLURM ``srun`` Lightning picks the cluster environment up itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+TOOLS = ("export",)
+
+
+def _tools(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain", description="brainforge pretraining tools (training: `fit -c CONFIG`).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="turn a pretraining run into a backbone package")
+    ex.add_argument("run", help="run directory (uses checkpoints/last.ckpt) or a .ckpt file")
+    ex.add_argument("--out", required=True, help="package directory to write (config.json, model.safetensors)")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = p.parse_args(argv)
+    from data.errors import BrainforgeDataError
+    from pretrain.package import BackbonePackageError, export_run
+
+    try:
+        print(f"wrote backbone package {export_run(args.run, args.out, args.overwrite)}")
+    except (BackbonePackageError, BrainforgeDataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> int:
+    """``trainer_defaults`` (e.g. extra callbacks) is for scripts that embed the CLI."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return _tools(argv)
+    from pretrain.cli import PretrainCLI
+    from pretrain.data import PretrainDataModule
+    from pretrain.lightning import PretrainModule
+
+    PretrainCLI(PretrainModule, PretrainDataModule, args=argv, trainer_defaults=trainer_defaults)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""`PretrainModule`: masked-token pretraining of the backbone on token segments (data: `PretrainDataModule`).
+
+Per step: a fresh mask per sample over 50% of the (latent x frame) positions, cross-entropy over all L
+code levels at the masked positions. Logged per level: accuracy, perplexity (exp of that level's
+cross-entropy) and the accuracy of the unigram floor (always predict the level's most frequent code,
+counted on the training tokens seen so far, before the current batch).
+
+The masks come from a generator seeded by (seed, global step, global rank, batch index), not from the
+global RNG, so a resumed run draws exactly the masks an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pretrain.model import MaskedTokenModel, build_config, sample_mask, unigram_floor_accuracy
+
+TOKENIZER_KEY = "brainforge_tokenizer"
+BACKBONE_KEY = "brainforge_backbone_config"
+
+
+def tokenizer_facts(path: str) -> dict[str, Any]:
+    """Path and content hashes of a tokenizer package (what a backbone package refers to)."""
+    from pathlib import Path
+
+    from data.atomic import content_hash
+
+    root = Path(path).resolve()
+    return {"path": str(root), "config_sha256": content_hash(root / "config.json"),
+            "weights_sha256": content_hash(root / "model.safetensors")}
+
+
+def load_tokenizer_codebooks(path: str) -> tuple[Tensor, dict[str, int]]:
+    """Frozen codebooks [L, K, codebook_dim] float32 and the sizes the backbone needs, from a tokenizer package."""
+    from tokenizer.package import load_package
+
+    model = load_package(path).model
+    cfg = model.config
+    codebooks = model.quantizer.rvq.codebooks.detach().float().clone()
+    sizes = {"n_latent": cfg.n_latent, "rvq_levels": cfg.rvq_levels, "codebook_size": cfg.codebook_size,
+             "codebook_dim": cfg.codebook_dim}
+    return codebooks, sizes
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float, decay_fraction: float) -> float:
+    """Multiplier of the peak lr at ``step``: linear warm-up, then ``cosine`` to ``min_ratio`` over the run, or
+    ``wsd`` (warmup-stable-decay): flat, then linear decay to ``min_ratio`` over the last ``decay_fraction``."""
+    warm = max(1, warmup)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "cosine":
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "wsd":
+        decay_start = max(warm, int(total * (1 - decay_fraction)))
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        return 1.0 - (1 - min_ratio) * progress
+    raise ValueError(f"schedule {schedule!r} must be 'cosine' or 'wsd'")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight matrices decay; norms, biases, embeddings (mask, latent, per-level) do not; frozen
+    parameters (the tokenizer codebooks) are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class PretrainModule(L.LightningModule):
+    """Masked-token pretraining.
+
+    Args:
+        tokenizer: tokenizer package directory; its codebooks are loaded and frozen, its sizes fix N, L, K.
+        preset: backbone size, ``test`` | ``tiny`` | ``base`` | ``large``.
+        overrides: BackboneConfig fields to change from the preset (e.g. {"n_layers": 4}).
+        embedding: ``codebook`` (sum of frozen codebook vectors, projected) or ``learned`` per-level embeddings.
+        mask_ratio: fraction of (latent x frame) positions masked per sample.
+        lr, weight_decay: AdamW; weight decay on weight matrices only (not norms, biases, embeddings).
+        schedule: ``cosine`` or ``wsd``; warmup_steps, min_lr_ratio, decay_fraction (wsd) shape it.
+        compile: ``torch.compile`` the backbone blocks (in place; state-dict keys unchanged).
+        mask_seed: seed of the per-step mask generator.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        preset: str = "tiny",
+        overrides: dict[str, Any] | None = None,
+        embedding: str = "codebook",
+        mask_ratio: float = 0.5,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        schedule: str = "cosine",
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        decay_fraction: float = 0.2,
+        compile: bool = False,
+        mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1)")
+        codebooks, sizes = load_tokenizer_codebooks(tokenizer)
+        self.config = build_config(preset, {**(overrides or {}), "embedding": embedding}, **sizes)
+        self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
+        self.tokenizer_facts = tokenizer_facts(tokenizer)
+        # code histogram of the training tokens seen so far (floor predictor); saved in checkpoints. Under
+        # DDP, buffers are broadcast from rank 0 before each forward, so every rank uses rank 0's histogram.
+        self.register_buffer("code_counts", torch.zeros(self.config.rvq_levels, self.config.codebook_size, dtype=torch.long))
+        if compile:
+            for block in self.model.blocks:
+                block.compile()
+
+    # --- steps -------------------------------------------------------------------------------------
+    def _mask(self, batch: dict, batch_idx: int, stream: int) -> Tensor:
+        g = torch.Generator().manual_seed(
+            int(self.hparams.mask_seed) * 1_000_003 + int(self.global_step) * 7919 + self.global_rank * 131 + batch_idx * 17 + stream
+        )
+        return sample_mask(batch["valid"], self.config.n_latent, self.hparams.mask_ratio, g)
+
+    def _step(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        indices, valid = batch["indices"], batch["valid"]
+        mask = self._mask(batch, batch_idx, 0 if stage == "train" else 1)
+        logits = self.model(indices, mask, valid)  # [M, L, K]
+        targets = indices[mask]  # [M, L]
+        levels = self.config.rvq_levels
+        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(-1, levels)
+        loss = ce.mean()
+        b = indices.shape[0]
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=b, sync_dist=sync)
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == targets).float().mean(0)
+            floor = unigram_floor_accuracy(self.code_counts, targets)
+            for lvl in range(levels):
+                self.log(f"{stage}/acc_l{lvl}", acc[lvl], batch_size=b, sync_dist=sync)
+                self.log(f"{stage}/ppl_l{lvl}", ce[:, lvl].mean().exp(), batch_size=b, sync_dist=sync)
+                self.log(f"{stage}/floor_acc_l{lvl}", floor[lvl], batch_size=b, sync_dist=sync)
+            if stage == "train":
+                real = indices[valid[:, None, :].expand_as(mask)]  # [P, L] all real positions of the batch
+                for lvl in range(levels):
+                    self.code_counts[lvl] += torch.bincount(real[:, lvl], minlength=self.config.codebook_size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, batch_idx, "val")
+
+    # --- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(param_groups(self.model, self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.95))
+        hp = self.hparams
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, hp.warmup_steps, hp.schedule, hp.min_lr_ratio, hp.decay_fraction)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TOKENIZER_KEY] = self.tokenizer_facts
+        checkpoint[BACKBONE_KEY] = self.config.to_dict()

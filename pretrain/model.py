@@ -1,0 +1,227 @@
+"""Masked-token backbone: factorised spatial (over latents) / temporal (over frames) attention.
+
+Shapes: B batch, N latent channels (16), T frames (segment_windows x frames per window), L RVQ levels,
+K codebook size, D model width.
+
+* input ``indices`` [B, N, T, L] int64 (codes of the frozen tokenizer), ``mask`` [B, N, T] bool (True =
+  masked, to predict), optional ``valid`` [B, T] bool (False = padding frames past a short recording).
+* embedding: ``codebook`` mode sums the L frozen tokenizer codebook vectors of a position (that sum is the
+  RVQ's quantized vector) and projects it to D; ``learned`` mode sums L learned per-level embeddings.
+  Masked positions get one learned mask embedding instead. A learned latent-channel embedding is added.
+* blocks: x + SpatialAttn(RMSNorm x) over N (per frame), x + TemporalAttn(RMSNorm x) over T (per latent,
+  RoPE over time, padding frames excluded as keys), x + SwiGLU(RMSNorm x). All attention goes through
+  ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
+* heads: one linear layer to L x K logits, evaluated only at the positions asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Sizes of the backbone. ``n_latent``, ``rvq_levels``, ``codebook_size`` and ``codebook_dim`` come
+    from the tokenizer package; the rest from a preset (`test`, `tiny`, `base`, `large`)."""
+
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    ffn_mult: float = 8 / 3  # SwiGLU hidden = ffn_mult * d_model, rounded up to a multiple of 32
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    embedding: str = "codebook"  # "codebook" (frozen tokenizer codebooks, projected) | "learned"
+    n_latent: int = 16
+    rvq_levels: int = 4
+    codebook_size: int = 1024
+    codebook_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"BackboneConfig: d_model {self.d_model} / n_heads {self.n_heads} must be an even head width")
+        if self.embedding not in ("codebook", "learned"):
+            raise ValueError(f"BackboneConfig: embedding {self.embedding!r} must be 'codebook' or 'learned'")
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(math.ceil(self.ffn_mult * self.d_model / 32) * 32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"BackboneConfig: unknown field(s) {unknown}; see pretrain/model.py")
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "test": {"d_model": 32, "n_layers": 2, "n_heads": 2},  # CPU tests: a step in milliseconds
+    "tiny": {"d_model": 256, "n_layers": 8, "n_heads": 4},
+    "base": {"d_model": 512, "n_layers": 12, "n_heads": 8},
+    "large": {"d_model": 1024, "n_layers": 24, "n_heads": 16},
+}
+
+
+def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None, **tokenizer_sizes: Any) -> BackboneConfig:
+    """A preset with the tokenizer's sizes and field overrides (e.g. {"n_layers": 4})."""
+    if preset not in PRESETS:
+        raise ValueError(f"backbone preset {preset!r} unknown; choose one of {sorted(PRESETS)}")
+    return BackboneConfig.from_dict({**PRESETS[preset], **tokenizer_sizes, **(overrides or {})})
+
+
+def rope_tables(t: int, head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin [T, head_dim/2] float32 for positions 0..T-1."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    ang = torch.arange(t, device=device, dtype=torch.float32)[:, None] * inv[None]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [..., T, H] rotated pairwise (first half, second half) by the angles of each position."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the second-to-last axis: x [S, T, D] -> [S, T, D]."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, key_mask: Tensor | None = None) -> Tensor:
+        s, t, d = x.shape
+        q, k, v = self.qkv(x).view(s, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # [S, 1, 1, T], True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(s, t, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.drop(self.down(F.silu(gate) * up))
+
+
+class FactorisedBlock(nn.Module):
+    """x [B, N, T, D]: spatial attention over N, temporal attention over T (RoPE), SwiGLU; pre-norm residuals."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm_s, self.norm_t, self.norm_f = nn.RMSNorm(d), nn.RMSNorm(d), nn.RMSNorm(d)
+        self.spatial = Attention(d, cfg.n_heads, cfg.dropout)
+        self.temporal = Attention(d, cfg.n_heads, cfg.dropout)
+        self.ffn = SwiGLU(d, cfg.ffn_hidden, cfg.dropout)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], valid: Tensor | None) -> Tensor:
+        b, n, t, d = x.shape
+        xs = x.transpose(1, 2).reshape(b * t, n, d)
+        x = x + self.spatial(self.norm_s(xs)).view(b, t, n, d).transpose(1, 2)
+        key_mask = None if valid is None else valid[:, None, :].expand(b, n, t).reshape(b * n, t)
+        x = x + self.temporal(self.norm_t(x.reshape(b * n, t, d)), rope, key_mask).view(b, n, t, d)
+        return x + self.ffn(self.norm_f(x))
+
+
+class MaskedTokenModel(nn.Module):
+    """Backbone + per-level heads. ``codebooks`` [L, K, codebook_dim] (frozen) for ``codebook`` mode."""
+
+    def __init__(self, cfg: BackboneConfig, codebooks: Tensor | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        L_, K, d = cfg.rvq_levels, cfg.codebook_size, cfg.d_model
+        if cfg.embedding == "codebook":
+            if codebooks is None:
+                codebooks = torch.zeros(L_, K, cfg.codebook_dim)  # filled by load_state_dict / the tokenizer
+            if tuple(codebooks.shape) != (L_, K, cfg.codebook_dim):
+                raise ValueError(f"codebooks shape {tuple(codebooks.shape)} != (L, K, codebook_dim) {(L_, K, cfg.codebook_dim)}")
+            # a frozen parameter, not a buffer: DDP would re-broadcast buffers before every forward
+            self.codebooks = nn.Parameter(codebooks.detach().float().clone(), requires_grad=False)
+            self.code_proj = nn.Linear(cfg.codebook_dim, d)
+        else:
+            self.level_embed = nn.Embedding(L_ * K, d)
+            nn.init.normal_(self.level_embed.weight, std=0.02)
+        self.mask_embed = nn.Parameter(torch.randn(d) * 0.02)
+        self.latent_embed = nn.Parameter(torch.randn(cfg.n_latent, d) * 0.02)
+        self.blocks = nn.ModuleList(FactorisedBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(d)
+        self.head = nn.Linear(d, L_ * K)
+
+    def embed(self, indices: Tensor) -> Tensor:
+        """indices [B, N, T, L] -> [B, N, T, D]."""
+        cfg = self.config
+        if cfg.embedding == "codebook":
+            levels = torch.arange(cfg.rvq_levels, device=indices.device)
+            vecs = self.codebooks[levels, indices]  # [B, N, T, L, codebook_dim]
+            return self.code_proj(vecs.sum(-2))
+        offsets = torch.arange(cfg.rvq_levels, device=indices.device) * cfg.codebook_size
+        return self.level_embed(indices + offsets).sum(-2)
+
+    def encode(self, indices: Tensor, mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+        """Hidden states [B, N, T, D] (after the final norm). mask [B, N, T] True = replaced by the mask embedding."""
+        b, n, t, _ = indices.shape
+        if n != self.config.n_latent:
+            raise ValueError(f"indices have {n} latents, the backbone was built for {self.config.n_latent}")
+        x = self.embed(indices)
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_embed.to(x.dtype), x)
+        x = x + self.latent_embed[None, :, None, :]
+        if valid is not None and bool(valid.all()):
+            valid = None
+        rope = rope_tables(t, self.config.d_model // self.config.n_heads, self.config.rope_base, indices.device)
+        for block in self.blocks:
+            x = block(x, rope, valid)
+        return self.norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden [..., D] -> logits [..., L, K]."""
+        return self.head(hidden).unflatten(-1, (self.config.rvq_levels, self.config.codebook_size))
+
+    def forward(self, indices: Tensor, mask: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Logits [M, L, K] at the M masked positions (in ``mask.nonzero()`` order)."""
+        return self.logits(self.encode(indices, mask, valid)[mask])
+
+
+def sample_mask(valid: Tensor, n_latent: int, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """A fresh mask per sample: exactly floor(ratio * valid positions) of the (latent x frame) positions.
+
+    valid [B, T] bool -> mask [B, N, T] bool (never on padding frames).
+    """
+    b, t = valid.shape
+    ok = valid[:, None, :].expand(b, n_latent, t).reshape(b, -1)
+    scores = torch.rand(b, n_latent * t, generator=generator).to(valid.device)
+    scores = scores.masked_fill(~ok, 2.0)
+    k = (ok.sum(1).float() * ratio).floor().long()  # per sample
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return (rank < k[:, None]).view(b, n_latent, t)
+
+
+def unigram_floor_accuracy(counts: Tensor, targets: Tensor) -> Tensor:
+    """Accuracy per level of always predicting each level's most frequent code.
+
+    counts [L, K] code histogram (e.g. of the training tokens seen so far); targets [M, L] -> [L] float.
+    """
+    best = counts.argmax(dim=1)  # [L]
+    if targets.shape[0] == 0:
+        return torch.zeros(counts.shape[0], device=counts.device)
+    return (targets == best[None]).float().mean(0)
