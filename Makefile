@@ -23,6 +23,8 @@ DEMO := runs/demo
 DEMO_INPUTS := tests/data/sample_audvis_5s_raw.fif tests/data/test.edf tests/data/test_subsecond.edf tests/data/bti
 DEMO_HELDOUT := tests/data/test_edf_stim_channel.edf
 DEMO_STEPS ?= 60
+DEMO_PRETRAIN := -c pretrain/configs/test.yaml --data.tokens $(DEMO)/tokens --data.val_tokens $(DEMO)/heldout_tokens \
+	--model.tokenizer $(DEMO)/tokenizer_pkg --data.segment_windows 2 --trainer.default_root_dir $(DEMO)/pretrain
 
 # The main job on bundled real recordings, one stage after another.
 demo: install
@@ -37,6 +39,12 @@ demo: install
 	@echo "tokenizer metrics on the held-out recording ($(DEMO_HELDOUT)); plots in $(DEMO)/tokenizer_plots:"
 	$(BIN)/python -m tokenizer eval --tokenizer $(DEMO)/tokenizer_pkg --shards $(DEMO)/heldout \
 		--plots $(DEMO)/tokenizer_plots --save-to-package
+	$(BIN)/python -m tokenizer encode --tokenizer $(DEMO)/tokenizer_pkg --shards $(DEMO)/heldout --out $(DEMO)/heldout_tokens --overwrite --quiet
+	rm -rf $(DEMO)/pretrain
+	$(BIN)/python -m pretrain fit $(DEMO_PRETRAIN) --model.warmup_steps 5 --trainer.max_steps 100
+	@echo "masked-token accuracy per level against the unigram floor, on the held-out recording:"
+	$(BIN)/python -m pretrain validate $(DEMO_PRETRAIN) --ckpt_path $(DEMO)/pretrain/checkpoints/last.ckpt
+	$(BIN)/python -m pretrain export $(DEMO)/pretrain --out $(DEMO)/backbone_pkg --overwrite
 
 lint: install
 	$(BIN)/ruff check .
