@@ -1,0 +1,552 @@
+"""Benchmark of the BrainTokenizer's reconstruction quality on held-out real EEG and MEG recordings.
+
+Run from the repository root::
+
+    .venv/bin/python bench/tokenizer_quality.py          # <= 15 min of training on CPU, ~18-20 min in all
+    .venv/bin/python bench/tokenizer_quality.py --quick  # smoke run, 10 steps (~3 min on 2 busy cores); writes under runs/bench only
+
+It does, through the real command lines, and writes ``bench/results/tokenizer_quality.md``:
+
+1. ``python -m data prepare`` twice on ``../shared/data/recordings``: a training set and a held-out set
+   split by recording, never by window (the split and the reasons are in `HELD_OUT` and `EXCLUDED`:
+   recordings that hold the same data as another one are kept on one side or left out).
+2. ``python -m tokenizer fit -c tokenizer/configs/small.yaml`` on the training set on CPU, for a bounded
+   budget: ``--trainer.max_steps`` (default 200, about what fits in 15 min on 2 shared cores) with the config's
+   schedule shape kept (warm-up = 5% of the steps, as 150 of 3000 in small.yaml, then cosine decay to
+   the end), and ``--trainer.max_time`` as a hard cap. No validation set is given: the held-out
+   recordings are not looked at during training.
+3. ``python -m tokenizer export`` and ``python -m tokenizer eval ... --save-to-package --plots`` on the
+   held-out set: PCC, NMSE, codebook usage per RVQ level, bits per channel-second, split EEG / MEG.
+4. In-process, from the same package: the same metrics per recording, on the held-out set and on up to
+   16 evenly spaced windows of each training recording (to tell under-fitting from a generalisation
+   gap), the ratio of reconstructed to original signal RMS, the bits per channel-second of each
+   modality's windows, the amplitude distribution of each recording's scaled windows, and the state of
+   the EMA codebooks.
+
+Every number is measured in that run; only the aims (PCC >= 0.8 on EEG and on MEG, every level >= 80%
+code usage, <= 50 bits per channel-second) are fixed. Run outputs go to ``runs/bench/tokenizer_quality``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import _common  # noqa: E402
+
+RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
+RESULTS = ROOT / "bench" / "results" / "tokenizer_quality.md"
+PLOTS = ROOT / "bench" / "results" / "tokenizer_quality_plots"
+MAX_PLOT_BYTES = 200 * 1024
+WHAT = __doc__.split("tokenizer_quality.md``:\n\n")[1].split("\n\nEvery number")[0]
+
+#: held-out recordings (relative to RECORDINGS) -> why / what they are
+HELD_OUT: dict[str, str] = {
+    "kit/test.sqd": "MEG: KIT/Yokogawa 157 magnetometers (NYU), 2 s. Its FIF twin is left out (below).",
+    "ctf/testdata_ctf_short_discontinuous.ds": "MEG: CTF 273 axial gradiometers (typed mag) + EEG, 2 s. No CTF system in training.",
+    "eeglab/test_raw.set": "EEG: 32 channels, EEGLAB tutorial recording, 238 s.",
+    "eeglab/test_raw_2021.set": "EEG: 3 channels, an excerpt of the same tutorial recording (so both are held out).",
+    "edf/test_edf_stim_channel.edf": "EEG: Nihon Kohden export, 19 EEG channels, 9.6 s (flat after ~6 s).",
+}
+#: recordings on neither side -> why
+EXCLUDED: dict[str, str] = {
+    "kit/test_bin_raw.fif": "same data as held-out kit/test.sqd",
+    "eeglab/test_raw_h5.set": "same data as held-out eeglab/test_raw.set",
+    "edf/test_utf8.edf": "same signal as edf/test_subsecond.edf (kept in training once)",
+    "broken/test_subsecond_truncated.edf": "truncated copy of edf/test_subsecond.edf",
+    "curry/test_bdf_stim_channel Curry 8.cdt": "same acquisition as bdf/test_bdf_stim_channel.bdf",
+    "nihonkohden/MB0400FU.EDF": "same acquisition as nihonkohden/MB0400FU.EEG (kept in training once)",
+    "bdf/test_bdf_stim_channel.bdf": "non-neural: floating electrodes, 50 Hz only",
+    "egi/test_egi_multiepoch_paused.mff": "non-physiological amplitudes (net probably not on a head)",
+    "gdf/test_1ch.gdf": "ECG, not EEG/MEG",
+    "brainvision/test.vhdr": "synthetic 5 Hz square wave",
+    "brainvision/test_units.vhdr": "synthetic 5 Hz square wave (same data file)",
+    "brainvision/testv2.vhdr": "synthetic 5 Hz square wave (same data file)",
+    "edf/test_generator.edf": "synthetic test-generator waveforms",
+    "edf/test_uneven_samp.edf": "synthetic sine + block",
+    "edf/duplicate_channel_labels.edf": "non-physiological step/ramp",
+}
+AIM_PCC, AIM_USAGE, AIM_BITS = 0.8, 0.8, 50.0
+TRAIN_EVAL_PER_RECORDING = 16  # training-set windows evaluated per recording (evenly spaced), to bound time
+WARMUP_FRACTION = 150 / 3000  # small.yaml: warmup_steps / max_steps
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def rel(path: Path) -> str:
+    """A path as written in the commands: relative to the repository root when possible."""
+    path = Path(path)
+    try:
+        return os.path.relpath(path, ROOT)
+    except ValueError:
+        return str(path)
+
+
+def quote(arg: str) -> str:
+    return f"'{arg}'" if any(ch in arg for ch in " ()") else arg
+
+
+def split_inputs() -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
+    """(training entry points, held-out entry points, [(recording, why skipped)] for the rest)."""
+    from data import discover
+
+    sources, _ = discover([RECORDINGS])
+    found = {os.path.relpath(s.path, RECORDINGS): Path(s.path) for s in sources}
+    missing = [r for r in HELD_OUT if r not in found]
+    if missing:
+        raise SystemExit(f"held-out recording(s) not found under {RECORDINGS}: {missing}")
+    train = [p for r, p in sorted(found.items()) if r not in HELD_OUT and r not in EXCLUDED]
+    held = [found[r] for r in HELD_OUT]
+    excluded = [(r, why) for r, why in EXCLUDED.items() if r in found]
+    return train, held, excluded
+
+
+class Step:
+    """One child command, run and measured; its command line and wall time are kept for the report."""
+
+    log: list[Step] = []
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name, self.args = name, args
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
+        self.run = _common.run_measured([sys.executable, *args], cwd=ROOT)
+        Step.log.append(self)
+        print(f"    {self.run.wall_s / 60:.1f} min, rc {self.run.returncode}, peak RSS "
+              f"{_common.fmt_mb(self.run.peak_rss_max_process)}", flush=True)
+        if self.run.returncode != 0:
+            raise SystemExit(f"{name} failed (rc {self.run.returncode}):\n{self.run.output_tail}")
+
+    @property
+    def command(self) -> str:
+        return " ".join([".venv/bin/python", *map(quote, self.args)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-process evaluation per recording
+
+
+class RecordingStats:
+    """Accumulates, for one group of windows: `ReconstructionMetrics`, code usage, RMS of target/recon
+    per modality, bits per channel-second per window, and window / channel counts."""
+
+    def __init__(self, cfg) -> None:
+        from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
+
+        self.cfg = cfg
+        self.rec = ReconstructionMetrics(cfg.sfreq)
+        self.usage = CodebookUsage(cfg.rvq_levels, cfg.codebook_size)
+        self.sq = defaultdict(float)  # "eeg/target", "eeg/recon" -> sum of squares
+        self.n = defaultdict(int)  # "eeg" -> samples
+        self.bits: list[float] = []
+        self.windows = 0
+        self.channels: set[int] = set()
+
+    def update(self, signal, recon, types, mask, indices, window_slice) -> None:
+        from tokenizer.metrics import MODALITIES, bits_per_channel_second
+
+        s, r, ty, m = signal[window_slice], recon[window_slice], types[window_slice], mask[window_slice]
+        self.rec.update(r, s, ty, m)
+        self.usage.update(indices[window_slice])
+        for modality, members in MODALITIES.items():
+            sel = m & torch.isin(ty, torch.tensor([int(t) for t in members]))
+            if sel.any():
+                self.sq[f"{modality}/target"] += float(s[sel].square().sum())
+                self.sq[f"{modality}/recon"] += float(r[sel].square().sum())
+                self.n[modality] += int(sel.sum()) * s.shape[-1]
+        for c in m.sum(1).tolist():
+            self.bits.append(bits_per_channel_second(self.cfg, int(c)))
+            self.channels.add(int(c))
+        self.windows += int(s.shape[0])
+
+    def summary(self) -> dict:
+        out = {**self.rec.compute(), **self.usage.compute(), "windows": self.windows,
+               "channels": sorted(self.channels), "bits_per_channel_second": sum(self.bits) / max(1, len(self.bits))}
+        for modality in self.n:
+            tgt = math.sqrt(self.sq[f"{modality}/target"] / self.n[modality])
+            rec = math.sqrt(self.sq[f"{modality}/recon"] / self.n[modality])
+            out[f"{modality}/rms_target"], out[f"{modality}/rms_ratio"] = tgt, rec / max(tgt, 1e-12)
+        return out
+
+
+@torch.no_grad()
+def window_index(shards: Path) -> tuple[dict[str, list[int]], dict[str, dict[str, float]]]:
+    """(window indices per recording, signal scale per recording: rms, median / 99.9th percentile / max of
+    |x| in scaled units over all its windows and channels), read from the shards without a model."""
+    import numpy as np
+
+    from data.dataset import window_dataset
+
+    ds = window_dataset(shards)
+    where: dict[str, list[int]] = defaultdict(list)
+    values: dict[str, list] = defaultdict(list)
+    for i in range(len(ds)):
+        item = ds[i]
+        where[item["recording"]].append(i)
+        values[item["recording"]].append(np.abs(np.asarray(item["signal"], dtype=np.float32)).ravel())
+    scale = {}
+    for rec, chunks in values.items():
+        a = np.concatenate(chunks)
+        scale[rec] = {"rms": float(np.sqrt(np.mean(a.astype(np.float64) ** 2))), "median": float(np.median(a)),
+                      "p999": float(np.quantile(a, 0.999)), "max": float(a.max())}
+    return dict(where), scale
+
+
+def spread(indices: list[int], k: int | None) -> list[int]:
+    """At most ``k`` of ``indices``, evenly spaced (all when k is None)."""
+    if k is None or len(indices) <= k:
+        return indices
+    step = len(indices) / k
+    return [indices[int(j * step)] for j in range(k)]
+
+
+def per_recording(package: Path, shards: Path, indices: list[int], batch_size: int = 32) -> dict[str, dict]:
+    """Metrics per recording, per modality group of windows ("EEG-only windows", "windows with MEG"), and
+    for all the given windows together ("all"), from the package on the windows ``indices`` of ``shards``."""
+    from data.dataset import WindowCollator, window_dataset
+    from data.sensors import SensorType
+    from tokenizer.package import load_package
+
+    model = load_package(package).model
+    cfg = model.config
+    ds = window_dataset(shards)
+    collate = WindowCollator(max_channels=None)
+    groups: dict[str, RecordingStats] = defaultdict(lambda: RecordingStats(cfg))
+    meg = torch.tensor([int(SensorType.MAG), int(SensorType.GRAD)])
+    for lo in range(0, len(indices), batch_size):
+        batch = collate([ds[i] for i in indices[lo:lo + batch_size]])
+        geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+        idx = model.encode(batch["signal"], *geo)
+        recon = model.decode(idx, *geo)
+        has_meg = (torch.isin(batch["types"], meg) & batch["channel_mask"]).any(1)
+        for i, name in enumerate(batch["recording"]):
+            for key in (name, "all", "windows with MEG" if has_meg[i] else "EEG-only windows"):
+                groups[key].update(batch["signal"], recon, batch["types"], batch["channel_mask"], idx, slice(i, i + 1))
+    return {k: v.summary() for k, v in groups.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report pieces
+
+
+def dist_version(name: str) -> str:
+    """Installed version of a distribution (for packages without ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def training_curve(run_dir: Path) -> dict:
+    """First/last logged train loss terms and the number of logged steps, from the run's metrics.csv."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    rows = [r for r in csv.DictReader(path.open()) if r.get("train/loss")]
+    if not rows:
+        return {}
+    keys = [k for k in rows[0] if k.startswith("train/")]
+
+    def mean(rs, k):
+        vals = [float(r[k]) for r in rs if r.get(k)]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    head, tail = rows[:3], rows[-3:]
+    return {"first_step": int(rows[0]["step"]), "last_step": int(rows[-1]["step"]),
+            "first": {k: mean(head, k) for k in keys}, "last": {k: mean(tail, k) for k in keys}}
+
+
+def codebook_state(package: Path) -> list[tuple[int, int, float]]:
+    """Per RVQ level: (codes, codes whose EMA cluster size is within 5% of the dead-code threshold, median
+    EMA cluster size). The library resets an expired code's cluster size to the threshold itself, so codes
+    sitting at the threshold are the ones recently expired and replaced by a random batch vector."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((package / "config.json").read_text())["config"]
+    state = load_file(str(package / "model.safetensors"))
+    out = []
+    for level in range(cfg["rvq_levels"]):
+        sizes = [v for k, v in state.items() if f"layers.{level}." in k and k.endswith("cluster_size")]
+        if not sizes:
+            continue
+        cs = sizes[0].flatten()
+        near = int((cs <= 1.05 * cfg["threshold_ema_dead_code"]).sum())
+        out.append((cs.numel(), near, float(cs.median())))
+    return out
+
+
+def metric_rows(groups: dict[str, dict], names: list[str], levels: int) -> list[list[str]]:
+    rows = []
+    for name in names:
+        m = groups.get(name)
+        if m is None:
+            continue
+        ch = m["channels"]
+        chs = f"{ch[0]}" if len(ch) == 1 else f"{ch[0]}-{ch[-1]}"
+        rows.append([name, m["windows"], chs,
+                     fmt(m.get("eeg/pcc")), fmt(m.get("eeg/nmse")), fmt(m.get("eeg/rms_ratio"), ".2f"),
+                     fmt(m.get("meg/pcc")), fmt(m.get("meg/nmse")), fmt(m.get("meg/rms_ratio"), ".2f"),
+                     " / ".join(f"{m[f'usage_l{lv}']:.0%}" for lv in range(levels)),
+                     fmt(m["bits_per_channel_second"], ".0f")])
+    return rows
+
+
+METRIC_HEAD = ["windows of", "windows", "channels", "EEG PCC", "EEG NMSE", "EEG rms recon/orig",
+               "MEG PCC", "MEG NMSE", "MEG rms recon/orig", "code usage per level", "bits / ch-s"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run (10 steps); results under runs/bench only")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="training steps; warm-up is 5%% of them (default 200, --quick 10)")
+    p.add_argument("--max-time", default=None, help="hard cap on training time DD:HH:MM:SS (default 00:00:15:00, --quick 00:00:01:00)")
+    p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/tokenizer_quality[_quick])")
+    args = p.parse_args(argv)
+    quick = args.quick
+    max_steps = args.max_steps or (10 if quick else 200)
+    warmup = max(1, round(max_steps * WARMUP_FRACTION))
+    max_time = args.max_time or ("00:00:01:00" if quick else "00:00:15:00")
+    out = args.out or ROOT / "runs" / "bench" / ("tokenizer_quality_quick" if quick else "tokenizer_quality")
+    results = out / "tokenizer_quality.md" if quick else RESULTS
+    plots = out / "plots" if quick else PLOTS
+    train_shards, held_shards = out / "shards_train", out / "shards_heldout"
+    run_dir, package = out / "run", out / "package"
+    eval_json = out / "eval_heldout.json"
+
+    if not RECORDINGS.is_dir():
+        raise SystemExit(f"{RECORDINGS} not found: this benchmark needs the shared real recordings")
+    machine = _common.machine_description(("numpy", "torch", "lightning", "mne"))
+    machine["vector-quantize-pytorch"] = dist_version("vector-quantize-pytorch")
+    machine["torch threads (intra-op)"] = str(torch.get_num_threads())
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a stale last.ckpt would resume nothing but could be exported by mistake
+
+    train, held, excluded = split_inputs()
+    Step("prepare training set", ["-m", "data", "prepare", *map(rel, train), "--out", rel(train_shards), "--overwrite", "--quiet"])
+    Step("prepare held-out set", ["-m", "data", "prepare", *map(rel, held), "--out", rel(held_shards), "--overwrite", "--quiet"])
+    fit = Step("fit", [
+        "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml",
+        "--data.train", rel(train_shards), "--trainer.default_root_dir", rel(run_dir),
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", str(max_steps), "--trainer.max_time", max_time,
+        "--model.warmup_steps", str(warmup),
+        "--trainer.enable_progress_bar", "false",
+    ])
+    Step("export", ["-m", "tokenizer", "export", rel(run_dir), "--out", rel(package), "--overwrite"])
+    if plots.exists():
+        shutil.rmtree(plots)
+    ev_args = ["-m", "tokenizer", "eval", "--tokenizer", rel(package), "--shards", rel(held_shards),
+               "--plots", rel(plots), "--json", rel(eval_json), "--save-to-package", "--quiet"]
+    if quick:
+        ev_args += ["--max-windows", "32"]
+    Step("eval (held-out)", ev_args)
+
+    print(f"[{time.strftime('%H:%M:%S')}] per-recording metrics (in-process) ...", flush=True)
+    t0 = time.perf_counter()
+    held_where, held_scale = window_index(held_shards)
+    train_where, train_scale = window_index(train_shards)
+    per_rec = 4 if quick else TRAIN_EVAL_PER_RECORDING
+    held_groups = per_recording(package, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
+    train_groups = per_recording(package, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
+    t_inproc = time.perf_counter() - t0
+    wall = time.perf_counter() - t_start
+    machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    # ---- facts
+    metrics = json.loads(eval_json.read_text())
+    pkg_metrics = json.loads((package / "metrics.json").read_text())
+    steps_done = pkg_metrics.get("training", {}).get("global_step")
+    cfg = json.loads((package / "config.json").read_text())["config"]
+    levels = cfg["rvq_levels"]
+    train_manifest = json.loads((train_shards / "manifest.json").read_text())
+    held_manifest = json.loads((held_shards / "manifest.json").read_text())
+    curve = training_curve(run_dir)
+    dead = codebook_state(package)
+    n_frames = cfg["window_samples"] // math.prod(cfg["conv_strides"])
+    fit_min = fit.run.wall_s / 60
+    kept_plots, dropped_plots = [], []
+    for png in sorted(plots.glob("*.png")) if plots.is_dir() else []:
+        size = png.stat().st_size
+        (kept_plots if size < MAX_PLOT_BYTES else dropped_plots).append((png, size))
+    for png, _ in dropped_plots:
+        png.unlink()
+
+    usage = [metrics.get(f"usage_l{lv}", float("nan")) for lv in range(levels)]
+    eeg_bits = held_groups.get("EEG-only windows", {}).get("bits_per_channel_second")
+    meg_bits = held_groups.get("windows with MEG", {}).get("bits_per_channel_second")
+    checks = [
+        ("PCC on EEG (held-out)", metrics.get("eeg/pcc"), f">= {AIM_PCC}", (metrics.get("eeg/pcc") or 0) >= AIM_PCC),
+        ("PCC on MEG (held-out)", metrics.get("meg/pcc"), f">= {AIM_PCC}", (metrics.get("meg/pcc") or 0) >= AIM_PCC),
+        *[(f"code usage, level {lv}", usage[lv], f">= {AIM_USAGE:.0%}", usage[lv] >= AIM_USAGE) for lv in range(levels)],
+        ("bits / channel-second, EEG-only windows", eeg_bits, f"<= {AIM_BITS:g}", eeg_bits is not None and eeg_bits <= AIM_BITS),
+        ("bits / channel-second, windows with MEG", meg_bits, f"<= {AIM_BITS:g}", meg_bits is not None and meg_bits <= AIM_BITS),
+        ("bits / channel-second, all held-out windows (eval CLI)", metrics.get("bits_per_channel_second"),
+         f"<= {AIM_BITS:g}", (metrics.get("bits_per_channel_second") or 1e9) <= AIM_BITS),
+    ]
+    aim_rows = [[name, fmt(v, ".3f" if "bits" not in name else ".1f"), aim, "met" if ok else "MISSED"]
+                for name, v, aim, ok in checks]
+    n_missed = sum(not ok for *_, ok in checks)
+
+    def side_rows(manifest: dict) -> list[list]:
+        rows = []
+        for r in manifest["recordings"]:
+            rel_path = os.path.relpath(r["path"], RECORDINGS)
+            ch = r["channels"]
+            rows.append([rel_path, r["n_windows"], ch.get("eeg", 0), ch.get("mag", 0) + ch.get("grad", 0),
+                         HELD_OUT.get(rel_path, "")])
+        return rows
+
+    tokens_bits = cfg["n_latent"] * (cfg["window_samples"] // math.prod(cfg["conv_strides"])) * levels * math.log2(cfg["codebook_size"])
+    window_s = cfg["window_samples"] / cfg["sfreq"]
+    min_channels = math.ceil(tokens_bits / (window_s * AIM_BITS))
+    meg_train_windows = sum(r["n_windows"] for r in train_manifest["recordings"]
+                            if r["channels"].get("mag", 0) + r["channels"].get("grad", 0) > 0)
+    import yaml
+
+    batch_size = int(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["batch_size"])
+    vectors_per_step = batch_size * cfg["n_latent"] * n_frames
+    seen = (steps_done or 0) * batch_size
+    t_all, h_all = train_groups.get("all", {}), held_groups.get("all", {})
+
+    diag = [
+        f"- **Budget.** {steps_done} optimizer steps of batch {batch_size} in {fit_min:.1f} min of `fit` wall time "
+        f"(~{fit.run.wall_s / max(1, steps_done or 1):.1f} s/step on this shared 2-core CPU): {seen:,} windows drawn, "
+        f"{seen / max(1, train_manifest['n_windows']):.1f} passes over {train_manifest['n_windows']} training windows. "
+        "The `small` config's own schedule is 3000 steps.",
+        f"- **Data volume.** Training windows: {train_manifest['n_windows']} (EEG {train_manifest['channels_by_type_summed']['eeg']} "
+        f"channels summed over recordings); only {meg_train_windows} of them contain MEG ("
+        + ", ".join(f"`{os.path.relpath(r['path'], RECORDINGS)}` {r['n_windows']}" for r in train_manifest["recordings"]
+                    if r["channels"].get("mag", 0) + r["channels"].get("grad", 0) > 0)
+        + f"); held-out windows with MEG: {held_groups.get('windows with MEG', {}).get('windows', 0)}.",
+        f"- **Under-fitting vs generalisation.** Training-set windows: EEG PCC {fmt(t_all.get('eeg/pcc'))}, "
+        f"MEG PCC {fmt(t_all.get('meg/pcc'))}; held-out: EEG PCC {fmt(h_all.get('eeg/pcc'))}, MEG PCC {fmt(h_all.get('meg/pcc'))}. "
+        + ("Even the training windows reconstruct poorly: the model is under-trained (too few steps) before any "
+           "generalisation gap matters." if (t_all.get("eeg/pcc") or 0) < AIM_PCC else
+           "Training windows reconstruct well and held-out ones do not: a generalisation gap (too little data)."
+           if (h_all.get("eeg/pcc") or 0) < AIM_PCC or (h_all.get("meg/pcc") or 1) < AIM_PCC else
+           "Both reconstruct well."),
+        f"- **Scale.** RMS of the reconstruction over RMS of the original (held-out): EEG "
+        f"{fmt(h_all.get('eeg/rms_ratio'), '.2f')}, MEG {fmt(h_all.get('meg/rms_ratio'), '.2f')} "
+        f"(1.00 = right amplitude; well below 1 = the decoder plays it safe and shrinks towards zero). "
+        f"Original RMS in scaled units: EEG {fmt(h_all.get('eeg/rms_target'), '.2f')}, MEG {fmt(h_all.get('meg/rms_target'), '.2f')}. "
+        "Heavy-tailed training recordings (RMS > 3x their median |x|, see 'Signal scale'): "
+        + (", ".join(f"`{r}` RMS {v['rms']:.1f}, max |x| {v['max']:.0f}" for r, v in sorted(train_scale.items())
+                     if v["rms"] > 3 * v["median"]) or "none")
+        + ". The time-L1 and spectral losses are not normalised per window, so such windows weigh most in the gradient.",
+        f"- **Codebooks.** Each training step quantises {batch_size} x {cfg['n_latent']} x {n_frames} = "
+        f"{vectors_per_step:,} vectors per level over {cfg['codebook_size']} codes: {vectors_per_step / cfg['codebook_size']:.1f} "
+        f"per code on average, against a dead-code threshold (`threshold_ema_dead_code`) of {cfg['threshold_ema_dead_code']}. "
+        "EMA cluster sizes in the exported package, per level (codes within 5% of the threshold, i.e. just expired and "
+        "replaced by a random batch vector; median): "
+        + ", ".join(f"L{lv}: {d} of {k}, median {med:.2f}" for lv, (k, d, med) in enumerate(dead))
+        + f". Held-out usage per level: {' / '.join(f'{u:.0%}' for u in usage)}; the held-out set has "
+        f"{metrics.get('n_windows')} windows x {cfg['n_latent']} latents x {cfg['window_samples'] // math.prod(cfg['conv_strides'])} "
+        f"frames = {metrics.get('n_windows', 0) * cfg['n_latent'] * (cfg['window_samples'] // math.prod(cfg['conv_strides'])):,} "
+        f"vectors per level for {cfg['codebook_size']} codes. MEG alone ({held_groups.get('windows with MEG', {}).get('windows', 0)} windows) "
+        "cannot show high usage whatever the model does.",
+        f"- **Bits.** A window always costs {cfg['n_latent']} x {cfg['window_samples'] // math.prod(cfg['conv_strides'])} x {levels} x "
+        f"log2({cfg['codebook_size']}) = {tokens_bits:,.0f} bits per {window_s:g} s, whatever its channel count, so bits per "
+        f"channel-second = {tokens_bits / window_s:,.0f} / C: the <= {AIM_BITS:g} aim holds only for windows with "
+        f">= {min_channels} channels. Held-out recordings: "
+        + ", ".join(f"`{os.path.relpath(r['path'], RECORDINGS)}` {n} ch -> {tokens_bits / window_s / n:.0f}"
+                    for r in held_manifest["recordings"]
+                    for n in [sum(r["channels"].get(k, 0) for k in ("eeg", "mag", "grad"))])
+        + " bits per channel-second.",
+    ]
+
+    sections = [
+        ("Summary",
+         f"Held-out EEG PCC {fmt(metrics.get('eeg/pcc'))}, NMSE {fmt(metrics.get('eeg/nmse'))}; held-out MEG PCC "
+         f"{fmt(metrics.get('meg/pcc'))}, NMSE {fmt(metrics.get('meg/nmse'))}; code usage per level "
+         f"{' / '.join(f'{u:.0%}' for u in usage)}; after {steps_done} steps ({fit_min:.1f} min of CPU training). "
+         f"{'All aims met.' if not n_missed else f'{n_missed} of {len(checks)} aim checks MISSED (table below).'}"
+         + (" QUICK smoke run: not a result." if quick else "")),
+        ("What was done", WHAT),
+        ("Commands", "```\n" + _common.command_line() + "\n```\n\nwhich ran, in order (wall time, peak RSS of the largest process):\n\n"
+         + "\n\n".join(f"{s.name} ({s.run.wall_s / 60:.1f} min, {_common.fmt_mb(s.run.peak_rss_max_process)}):\n\n```\n{s.command}\n```"
+                       for s in Step.log)
+         + f"\n\nPer-recording metrics in-process: {t_inproc / 60:.1f} min. Whole script: {wall / 60:.1f} min wall."),
+        ("Machine", _common.machine_table(machine) + "\n\nThe 2 cores are shared with other engineers' test runs; the "
+         "load averages above show how busy the machine was, which sets how many steps fit in the time cap."),
+        ("Split (by recording)",
+         "Held-out set:\n\n" + _common.table(["recording", "windows", "EEG ch", "MEG ch", "why"], side_rows(held_manifest))
+         + "\n\nTraining set:\n\n" + _common.table(["recording", "windows", "EEG ch", "MEG ch", ""], side_rows(train_manifest))
+         + "\n\nOn neither side:\n\n" + _common.table(["recording", "why"], [[r, w] for r, w in excluded])
+         + "\n\nRecordings `data prepare` skips anyway (shorter than one 2 s window, annotations only, broken, epoched) "
+           "are not listed."),
+        ("Aims", _common.table(["check", "measured", "aim", ""], aim_rows)),
+        ("Held-out metrics (python -m tokenizer eval)",
+         _common.table(["metric", "EEG", "MEG"],
+                       [[k, fmt(metrics.get(f"eeg/{k}"), ".4f"), fmt(metrics.get(f"meg/{k}"), ".4f")]
+                        for k in ("pcc", "nmse", "mae", "logamp_delta", "logamp_theta", "logamp_alpha", "logamp_beta",
+                                  "logamp_gamma", "phase_delta", "phase_theta", "phase_alpha", "phase_beta", "phase_gamma")])
+         + "\n\n" + _common.table(["RVQ level", "code usage", "perplexity"],
+                                  [[lv, f"{metrics[f'usage_l{lv}']:.1%}", f"{metrics[f'perplexity_l{lv}']:.0f}"] for lv in range(levels)])
+         + f"\n\nbits per channel-second (mean over held-out windows): {metrics.get('bits_per_channel_second'):.1f}; "
+           f"windows: {metrics.get('n_windows')}. The same numbers are in `{rel(package)}/metrics.json` under `eval`."),
+        ("Per recording and per modality (in-process, same package)",
+         "Held-out:\n\n" + _common.table(METRIC_HEAD, metric_rows(
+             held_groups, ["all", "EEG-only windows", "windows with MEG", *sorted(k for k in held_groups
+                                                                           if k not in ("all", "EEG-only windows", "windows with MEG"))], levels))
+         + f"\n\nTraining set (up to {per_rec} evenly spaced windows of each training recording; no channel dropout "
+           "or noise; 'all' is this sample):\n\n"
+         + _common.table(METRIC_HEAD, metric_rows(
+             train_groups, ["all", "EEG-only windows", "windows with MEG", *sorted(k for k in train_groups
+                                                                            if k not in ("all", "EEG-only windows", "windows with MEG"))], levels))
+         + "\n\nPCC and NMSE are means over channels; 'rms recon/orig' is the ratio of RMS amplitudes; "
+           "bits / ch-s is the mean over the group's windows."),
+        ("Signal scale (scaled units, from the shards)",
+         "Amplitude of every recording's prepared windows (all channels and samples): the robust scaling puts the "
+         "median |x| near 1; the tails are what the data stage leaves.\n\n"
+         + _common.table(["side", "recording", "RMS", "median |x|", "99.9th pct |x|", "max |x|"],
+                         [[side, r, f"{v['rms']:.2f}", f"{v['median']:.2f}", f"{v['p999']:.1f}", f"{v['max']:.1f}"]
+                          for side, sc in (("held-out", held_scale), ("train", train_scale)) for r, v in sorted(sc.items())])),
+        ("Training", (f"{steps_done} steps (checkpoint `global_step`), `fit` wall time {fit_min:.1f} min (including start-up), "
+                      f"max_steps {max_steps}, warm-up {warmup} steps, max_time {max_time}"
+                      + (" (the time cap stopped it before max_steps: the LR schedule did not finish)"
+                         if steps_done is not None and steps_done < max_steps else "") + ".\n\n" + (_common.table(
+                          ["train loss term", f"first logs (step {curve['first_step']})", f"last logs (step {curve['last_step']})"],
+                          [[k.removeprefix("train/"), fmt(curve["first"][k], ".4f"), fmt(curve["last"][k], ".4f")] for k in curve["first"]])
+                          if curve else "(no metrics.csv)"))),
+        ("Diagnosis (facts measured in this run)", "\n".join(diag)),
+        ("Plots", ("Written by `tokenizer eval --plots` (first held-out batch; code usage over the whole held-out set):\n\n"
+                   + "\n".join(f"- `{rel(pth)}` ({sz / 1024:.0f} kB)" for pth, sz in kept_plots)
+                   + ("\n\nRemoved (>= 200 kB, not for the repository): " + ", ".join(pth.name for pth, _ in dropped_plots)
+                      if dropped_plots else ""))),
+    ]
+    path = _common.write_markdown(results, "Benchmark: tokenizer quality (held-out recordings)", sections)
+    print("\n" + _common.table(["check", "measured", "aim", ""], aim_rows))
+    print("\n" + _common.table(METRIC_HEAD, metric_rows(held_groups, sorted(held_groups), levels)))
+    print(f"\nwall time {wall / 60:.1f} min; wrote {rel(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
