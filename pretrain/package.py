@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from data.atomic import atomic_directory, content_hash, write_json_atomic
 from pretrain.model import BackboneConfig, MaskedTokenModel
+from tokenizer.cli import find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,11 @@ class BackbonePackage:
     meta: dict[str, Any] = field(default_factory=dict)  # the whole config.json
 
 
-def find_checkpoint(run: str | Path) -> Path:
-    """RUN may be a checkpoint file or a run directory (its ``checkpoints/last.ckpt``)."""
-    run = Path(run)
-    ckpt = run if run.is_file() else run / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise BackbonePackageError(f"no checkpoint at {ckpt}: pass a run directory with checkpoints/last.ckpt or a .ckpt file")
-    return ckpt
-
-
 def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """A `PretrainModule` checkpoint -> backbone package directory ``out`` (atomic)."""
     from pretrain.lightning import BACKBONE_KEY, TOKENIZER_KEY
 
-    ckpt = find_checkpoint(run)
+    ckpt = find_checkpoint(run, BackbonePackageError)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     if BACKBONE_KEY not in state:
         raise BackbonePackageError(f"{ckpt} is not a PretrainModule checkpoint (no {BACKBONE_KEY!r} entry)")

@@ -7,6 +7,7 @@ given on the command line or in YAML replaces the defaults. Later stages reuse t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
@@ -34,3 +35,12 @@ class RunDirCLI(LightningCLI):
         if not any(isinstance(c, ModelCheckpoint) for c in given):
             callbacks = [*callbacks, ModelCheckpoint(dirpath=f"{root}/checkpoints", save_last=True)]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def find_checkpoint(run: str | Path, error: type[Exception] = FileNotFoundError) -> Path:
+    """RUN may be a checkpoint file or a run directory (its ``checkpoints/last.ckpt``); else ``error``."""
+    run = Path(run)
+    ckpt = run if run.is_file() else run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise error(f"no checkpoint at {ckpt}: pass a run directory with checkpoints/last.ckpt or a .ckpt file")
+    return ckpt

@@ -7,18 +7,10 @@ from pathlib import Path
 import torch
 
 from data.atomic import atomic_directory
+from tokenizer.cli import find_checkpoint
 from tokenizer.lightning import PREPROCESSING_KEY, build_config
 from tokenizer.model import BrainTokenizer
 from tokenizer.package import TokenizerPackageError, save_package
-
-
-def find_checkpoint(run: str | Path) -> Path:
-    """RUN may be a checkpoint file or a run directory (its ``checkpoints/last.ckpt``)."""
-    run = Path(run)
-    ckpt = run if run.is_file() else run / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise TokenizerPackageError(f"no checkpoint at {ckpt}: pass a run directory with checkpoints/last.ckpt or a .ckpt file")
-    return ckpt
 
 
 def model_from_checkpoint(ckpt: Path) -> tuple[BrainTokenizer, dict, dict]:
@@ -35,7 +27,7 @@ def model_from_checkpoint(ckpt: Path) -> tuple[BrainTokenizer, dict, dict]:
 
 def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the package atomically; its metrics.json starts with the training facts (eval adds quality)."""
-    model, preprocessing, facts = model_from_checkpoint(find_checkpoint(run))
+    model, preprocessing, facts = model_from_checkpoint(find_checkpoint(run, TokenizerPackageError))
     with atomic_directory(out, overwrite) as tmp:
         save_package(model, tmp, preprocessing=preprocessing, metrics={"training": facts})
     return Path(out)
