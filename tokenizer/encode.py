@@ -27,7 +27,6 @@ TOKEN_SCHEMA_VERSION = 1
 
 @lru_cache(maxsize=2)
 def _model(package: str):
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_package(package).model
 
 
