@@ -116,19 +116,27 @@ def split_inputs() -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
 
 
 class Step:
-    """One child command, run and measured; its command line and wall time are kept for the report."""
+    """One child command, run and measured; its command line, wall time and peak RSS are kept for the
+    report and saved to ``steps.json`` in the run outputs (so that ``--analyse-only`` can report them)."""
 
     log: list[Step] = []
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], record: dict | None = None) -> None:
         self.name, self.args = name, args
+        if record is not None:  # replayed from steps.json
+            self.wall_s, self.peak_rss = record["wall_s"], record["peak_rss"]
+            Step.log.append(self)
+            return
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
-        self.run = _common.run_measured([sys.executable, *args], cwd=ROOT)
+        run = _common.run_measured([sys.executable, *args], cwd=ROOT)
+        self.wall_s, self.peak_rss = run.wall_s, run.peak_rss_max_process
         Step.log.append(self)
-        print(f"    {self.run.wall_s / 60:.1f} min, rc {self.run.returncode}, peak RSS "
-              f"{_common.fmt_mb(self.run.peak_rss_max_process)}", flush=True)
-        if self.run.returncode != 0:
-            raise SystemExit(f"{name} failed (rc {self.run.returncode}):\n{self.run.output_tail}")
+        print(f"    {run.wall_s / 60:.1f} min, rc {run.returncode}, peak RSS {_common.fmt_mb(run.peak_rss_max_process)}", flush=True)
+        if run.returncode != 0:
+            raise SystemExit(f"{name} failed (rc {run.returncode}):\n{run.output_tail}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "args": self.args, "wall_s": self.wall_s, "peak_rss": self.peak_rss}
 
     @property
     def command(self) -> str:
@@ -316,6 +324,30 @@ METRIC_HEAD = ["windows of", "windows", "channels", "EEG PCC", "EEG NMSE", "EEG 
                "MEG PCC", "MEG NMSE", "MEG rms recon/orig", "code usage per level", "bits / ch-s"]
 
 
+def run_steps(train: list[Path], held: list[Path], train_shards: Path, held_shards: Path, run_dir: Path, package: Path,
+              plots: Path, eval_json: Path, max_steps: int, warmup: int, max_time: str, quick: bool) -> tuple[Step, float]:
+    """prepare x2 -> fit -> export -> eval through the command lines; returns the fit step and the wall seconds."""
+    t0 = time.perf_counter()
+    Step("prepare training set", ["-m", "data", "prepare", *map(rel, train), "--out", rel(train_shards), "--overwrite", "--quiet"])
+    Step("prepare held-out set", ["-m", "data", "prepare", *map(rel, held), "--out", rel(held_shards), "--overwrite", "--quiet"])
+    fit = Step("fit", [
+        "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml",
+        "--data.train", rel(train_shards), "--trainer.default_root_dir", rel(run_dir),
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", str(max_steps), "--trainer.max_time", max_time,
+        "--model.warmup_steps", str(warmup),
+        "--trainer.enable_progress_bar", "false",
+    ])
+    Step("export", ["-m", "tokenizer", "export", rel(run_dir), "--out", rel(package), "--overwrite"])
+    if plots.exists():
+        shutil.rmtree(plots)
+    ev_args = ["-m", "tokenizer", "eval", "--tokenizer", rel(package), "--shards", rel(held_shards),
+               "--plots", rel(plots), "--json", rel(eval_json), "--save-to-package", "--quiet"]
+    if quick:
+        ev_args += ["--max-windows", "32"]
+    Step("eval (held-out)", ev_args)
+    return fit, time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------------------------------
 # Main
 
@@ -327,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="training steps; warm-up is 5%% of them (default 200, --quick 10)")
     p.add_argument("--max-time", default=None, help="hard cap on training time DD:HH:MM:SS (default 00:00:15:00, --quick 00:00:01:00)")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/tokenizer_quality[_quick])")
+    p.add_argument("--analyse-only", action="store_true",
+                   help="do not prepare/train/evaluate again: rebuild the report from the outputs (and steps.json) of "
+                        "the last run in --out")
     args = p.parse_args(argv)
     quick = args.quick
     max_steps = args.max_steps or (10 if quick else 200)
@@ -345,29 +380,25 @@ def main(argv: list[str] | None = None) -> int:
     machine["vector-quantize-pytorch"] = dist_version("vector-quantize-pytorch")
     machine["torch threads (intra-op)"] = str(torch.get_num_threads())
     t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a stale last.ckpt would resume nothing but could be exported by mistake
-
     train, held, excluded = split_inputs()
-    Step("prepare training set", ["-m", "data", "prepare", *map(rel, train), "--out", rel(train_shards), "--overwrite", "--quiet"])
-    Step("prepare held-out set", ["-m", "data", "prepare", *map(rel, held), "--out", rel(held_shards), "--overwrite", "--quiet"])
-    fit = Step("fit", [
-        "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml",
-        "--data.train", rel(train_shards), "--trainer.default_root_dir", rel(run_dir),
-        "--trainer.accelerator", "cpu", "--trainer.max_steps", str(max_steps), "--trainer.max_time", max_time,
-        "--model.warmup_steps", str(warmup),
-        "--trainer.enable_progress_bar", "false",
-    ])
-    Step("export", ["-m", "tokenizer", "export", rel(run_dir), "--out", rel(package), "--overwrite"])
-    if plots.exists():
-        shutil.rmtree(plots)
-    ev_args = ["-m", "tokenizer", "eval", "--tokenizer", rel(package), "--shards", rel(held_shards),
-               "--plots", rel(plots), "--json", rel(eval_json), "--save-to-package", "--quiet"]
-    if quick:
-        ev_args += ["--max-windows", "32"]
-    Step("eval (held-out)", ev_args)
-
+    steps_file = out / "steps.json"
+    if args.analyse_only:
+        if not steps_file.is_file():
+            raise SystemExit(f"--analyse-only: no {steps_file}; run without it first")
+        saved = json.loads(steps_file.read_text())
+        for rec in saved["steps"]:
+            Step(rec["name"], rec["args"], record=rec)
+        fit = next(st for st in Step.log if st.name == "fit")
+        steps_wall = saved["steps_wall_s"]
+        machine = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a stale last.ckpt would resume nothing but could be exported by mistake
+        fit, steps_wall = run_steps(train, held, train_shards, held_shards, run_dir, package, plots, eval_json,
+                                    max_steps, warmup, max_time, quick)
+        steps_file.write_text(json.dumps({"steps": [st.to_dict() for st in Step.log], "steps_wall_s": steps_wall,
+                                          "machine": machine}, indent=2))
     print(f"[{time.strftime('%H:%M:%S')}] per-recording metrics (in-process) ...", flush=True)
     t0 = time.perf_counter()
     held_where, held_scale = window_index(held_shards)
@@ -376,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     held_groups = per_recording(package, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
     train_groups = per_recording(package, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
     t_inproc = time.perf_counter() - t0
-    wall = time.perf_counter() - t_start
+    wall = steps_wall + t_inproc if args.analyse_only else time.perf_counter() - t_start
     machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
     # ---- facts
@@ -390,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = training_curve(run_dir)
     dead = codebook_state(package)
     n_frames = cfg["window_samples"] // math.prod(cfg["conv_strides"])
-    fit_min = fit.run.wall_s / 60
+    fit_min = fit.wall_s / 60
     kept_plots, dropped_plots = [], []
     for png in sorted(plots.glob("*.png")) if plots.is_dir() else []:
         size = png.stat().st_size
@@ -437,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
     diag = [
         f"- **Budget.** {steps_done} optimizer steps of batch {batch_size} in {fit_min:.1f} min of `fit` wall time "
-        f"(~{fit.run.wall_s / max(1, steps_done or 1):.1f} s/step on this shared 2-core CPU): {seen:,} windows drawn, "
+        f"(~{fit.wall_s / max(1, steps_done or 1):.1f} s/step on this shared 2-core CPU): {seen:,} windows drawn, "
         f"{seen / max(1, train_manifest['n_windows']):.1f} passes over {train_manifest['n_windows']} training windows. "
         "The `small` config's own schedule is 3000 steps.",
         f"- **Data volume.** Training windows: {train_manifest['n_windows']} (EEG {train_manifest['channels_by_type_summed']['eeg']} "
@@ -490,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
          + (" QUICK smoke run: not a result." if quick else "")),
         ("What was done", WHAT),
         ("Commands", "```\n" + _common.command_line() + "\n```\n\nwhich ran, in order (wall time, peak RSS of the largest process):\n\n"
-         + "\n\n".join(f"{s.name} ({s.run.wall_s / 60:.1f} min, {_common.fmt_mb(s.run.peak_rss_max_process)}):\n\n```\n{s.command}\n```"
+         + "\n\n".join(f"{s.name} ({s.wall_s / 60:.1f} min, {_common.fmt_mb(s.peak_rss)}):\n\n```\n{s.command}\n```"
                        for s in Step.log)
          + f"\n\nPer-recording metrics in-process: {t_inproc / 60:.1f} min. Whole script: {wall / 60:.1f} min wall."),
         ("Machine", _common.machine_table(machine) + "\n\nThe 2 cores are shared with other engineers' test runs; the "
