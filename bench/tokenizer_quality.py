@@ -147,6 +147,14 @@ class Step:
 # In-process evaluation per recording
 
 
+def mean_channel_correlation(x: torch.Tensor) -> float:
+    """Mean Pearson correlation over all pairs of distinct channels of one window x [C, T] (C >= 2)."""
+    z = x - x.mean(dim=-1, keepdim=True)
+    z = z / (z.norm(dim=-1, keepdim=True) + 1e-9)
+    c = z.shape[0]
+    return float(((z @ z.T).sum() - (z.square().sum())) / (c * (c - 1)))
+
+
 class RecordingStats:
     """Accumulates, for one group of windows: `ReconstructionMetrics`, code usage, RMS of target/recon
     per modality, bits per channel-second per window, and window / channel counts."""
@@ -160,6 +168,7 @@ class RecordingStats:
         self.sq = defaultdict(float)  # "eeg/target", "eeg/recon" -> sum of squares
         self.n = defaultdict(int)  # "eeg" -> samples
         self.bits: list[float] = []
+        self.chcorr: dict[str, list[float]] = {"orig": [], "recon": []}
         self.windows = 0
         self.channels: set[int] = set()
 
@@ -178,11 +187,17 @@ class RecordingStats:
         for c in m.sum(1).tolist():
             self.bits.append(bits_per_channel_second(self.cfg, int(c)))
             self.channels.add(int(c))
+        for j in range(s.shape[0]):
+            if int(m[j].sum()) > 1:
+                self.chcorr["orig"].append(mean_channel_correlation(s[j][m[j]]))
+                self.chcorr["recon"].append(mean_channel_correlation(r[j][m[j]]))
         self.windows += int(s.shape[0])
 
     def summary(self) -> dict:
         out = {**self.rec.compute(), **self.usage.compute(), "windows": self.windows,
                "channels": sorted(self.channels), "bits_per_channel_second": sum(self.bits) / max(1, len(self.bits))}
+        for k, v in self.chcorr.items():
+            out[f"chcorr_{k}"] = sum(v) / len(v) if v else float("nan")
         for modality in self.n:
             tgt = math.sqrt(self.sq[f"{modality}/target"] / self.n[modality])
             rec = math.sqrt(self.sq[f"{modality}/recon"] / self.n[modality])
@@ -315,13 +330,14 @@ def metric_rows(groups: dict[str, dict], names: list[str], levels: int) -> list[
         rows.append([name, m["windows"], chs,
                      fmt(m.get("eeg/pcc")), fmt(m.get("eeg/nmse")), fmt(m.get("eeg/rms_ratio"), ".2f"),
                      fmt(m.get("meg/pcc")), fmt(m.get("meg/nmse")), fmt(m.get("meg/rms_ratio"), ".2f"),
+                     f"{fmt(m.get('chcorr_orig'), '.2f')} / {fmt(m.get('chcorr_recon'), '.2f')}",
                      " / ".join(f"{m[f'usage_l{lv}']:.0%}" for lv in range(levels)),
                      fmt(m["bits_per_channel_second"], ".0f")])
     return rows
 
 
 METRIC_HEAD = ["windows of", "windows", "channels", "EEG PCC", "EEG NMSE", "EEG rms recon/orig",
-               "MEG PCC", "MEG NMSE", "MEG rms recon/orig", "code usage per level", "bits / ch-s"]
+               "MEG PCC", "MEG NMSE", "MEG rms recon/orig", "ch-ch corr orig / recon", "code usage per level", "bits / ch-s"]
 
 
 def run_steps(train: list[Path], held: list[Path], train_shards: Path, held_shards: Path, run_dir: Path, package: Path,
@@ -397,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir)  # a stale last.ckpt would resume nothing but could be exported by mistake
         fit, steps_wall = run_steps(train, held, train_shards, held_shards, run_dir, package, plots, eval_json,
                                     max_steps, warmup, max_time, quick)
+        machine["load average after eval (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         steps_file.write_text(json.dumps({"steps": [st.to_dict() for st in Step.log], "steps_wall_s": steps_wall,
                                           "machine": machine}, indent=2))
     print(f"[{time.strftime('%H:%M:%S')}] per-recording metrics (in-process) ...", flush=True)
@@ -408,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     train_groups = per_recording(package, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
     t_inproc = time.perf_counter() - t0
     wall = steps_wall + t_inproc if args.analyse_only else time.perf_counter() - t_start
-    machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine["load average at end (1/5/15 min)" if not args.analyse_only else "load average at report rebuild"] = (
+        " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    fit_opts = {a: b for a, b in zip(fit.args, fit.args[1:], strict=False) if a.startswith("--")}
+    max_steps, max_time = int(fit_opts["--trainer.max_steps"]), fit_opts["--trainer.max_time"]
+    warmup = int(fit_opts["--model.warmup_steps"])
 
     # ---- facts
     metrics = json.loads(eval_json.read_text())
@@ -483,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
            "Training windows reconstruct well and held-out ones do not: a generalisation gap (too little data)."
            if (h_all.get("eeg/pcc") or 0) < AIM_PCC or (h_all.get("meg/pcc") or 1) < AIM_PCC else
            "Both reconstruct well."),
+        "- **Channel diversity.** Mean correlation between two channels of the same window, original -> reconstruction: "
+        + ", ".join(f"{name} {fmt(g.get('chcorr_orig'), '.2f')} -> {fmt(g.get('chcorr_recon'), '.2f')}"
+                    for name, g in (("held-out EEG-only windows", held_groups.get("EEG-only windows", {})),
+                                    ("held-out windows with MEG", held_groups.get("windows with MEG", {})),
+                                    ("training sample", t_all)))
+        + ". A reconstruction correlation near 1 means the decoder gives (nearly) every channel the same waveform: "
+        "its sensor queries do not yet tell channels apart, so PCC can only reach what a common-mode signal explains "
+        "(much for unreferenced EEG, nothing for MEG, whose channels are nearly uncorrelated).",
         f"- **Scale.** RMS of the reconstruction over RMS of the original (held-out): EEG "
         f"{fmt(h_all.get('eeg/rms_ratio'), '.2f')}, MEG {fmt(h_all.get('meg/rms_ratio'), '.2f')} "
         f"(1.00 = right amplitude; well below 1 = the decoder plays it safe and shrinks towards zero). "
@@ -551,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
          + _common.table(METRIC_HEAD, metric_rows(
              train_groups, ["all", "EEG-only windows", "windows with MEG", *sorted(k for k in train_groups
                                                                             if k not in ("all", "EEG-only windows", "windows with MEG"))], levels))
-         + "\n\nPCC and NMSE are means over channels; 'rms recon/orig' is the ratio of RMS amplitudes; "
-           "bits / ch-s is the mean over the group's windows."),
+         + "\n\nPCC and NMSE are means over channels; 'rms recon/orig' is the ratio of RMS amplitudes; 'ch-ch corr' is "
+           "the mean Pearson correlation between two different channels of the same window (original / reconstruction; "
+           "near 1 for the reconstruction = every channel gets the same waveform); bits / ch-s is the mean over the "
+           "group's windows."),
         ("Signal scale (scaled units, from the shards)",
          "Amplitude of every recording's prepared windows (all channels and samples): the robust scaling puts the "
          "median |x| near 1; the tails are what the data stage leaves.\n\n"
