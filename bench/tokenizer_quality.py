@@ -4,6 +4,8 @@ Run from the repository root::
 
     .venv/bin/python bench/tokenizer_quality.py          # <= 15 min of training on CPU, ~18-20 min in all
     .venv/bin/python bench/tokenizer_quality.py --quick  # smoke run, 10 steps (~3 min on 2 busy cores); writes under runs/bench only
+    .venv/bin/python bench/tokenizer_quality.py --max-steps 800  # what the committed result used (quiet machine, ~17 min)
+    .venv/bin/python bench/tokenizer_quality.py --analyse-only   # rebuild the report from the last run, no training
 
 It does, through the real command lines, and writes ``bench/results/tokenizer_quality.md``:
 
@@ -406,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             Step(rec["name"], rec["args"], record=rec)
         fit = next(st for st in Step.log if st.name == "fit")
         steps_wall = saved["steps_wall_s"]
+        original_command = saved.get("command", "(not recorded)")
         machine = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -414,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         fit, steps_wall = run_steps(train, held, train_shards, held_shards, run_dir, package, plots, eval_json,
                                     max_steps, warmup, max_time, quick)
         machine["load average after eval (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-        steps_file.write_text(json.dumps({"steps": [st.to_dict() for st in Step.log], "steps_wall_s": steps_wall,
-                                          "machine": machine}, indent=2))
+        steps_file.write_text(json.dumps({"command": _common.command_line(), "steps": [st.to_dict() for st in Step.log],
+                                          "steps_wall_s": steps_wall, "machine": machine}, indent=2))
     print(f"[{time.strftime('%H:%M:%S')}] per-recording metrics (in-process) ...", flush=True)
     t0 = time.perf_counter()
     held_where, held_scale = window_index(held_shards)
@@ -499,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         + f"); held-out windows with MEG: {held_groups.get('windows with MEG', {}).get('windows', 0)}.",
         f"- **Under-fitting vs generalisation.** Training-set windows: EEG PCC {fmt(t_all.get('eeg/pcc'))}, "
         f"MEG PCC {fmt(t_all.get('meg/pcc'))}; held-out: EEG PCC {fmt(h_all.get('eeg/pcc'))}, MEG PCC {fmt(h_all.get('meg/pcc'))}. "
-        + ("Even the training windows reconstruct poorly: the model is under-trained (too few steps) before any "
-           "generalisation gap matters." if (t_all.get("eeg/pcc") or 0) < AIM_PCC else
+        + ("Even the windows it was trained on reconstruct poorly (under-fitting): what limits the fit (steps, "
+           "and the channel collapse below) matters before any generalisation gap."
+           if (t_all.get("eeg/pcc") or 0) < AIM_PCC else
            "Training windows reconstruct well and held-out ones do not: a generalisation gap (too little data)."
            if (h_all.get("eeg/pcc") or 0) < AIM_PCC or (h_all.get("meg/pcc") or 1) < AIM_PCC else
            "Both reconstruct well."),
@@ -549,7 +553,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{'All aims met.' if not n_missed else f'{n_missed} of {len(checks)} aim checks MISSED (table below).'}"
          + (" QUICK smoke run: not a result." if quick else "")),
         ("What was done", WHAT),
-        ("Commands", "```\n" + _common.command_line() + "\n```\n\nwhich ran, in order (wall time, peak RSS of the largest process):\n\n"
+        ("Commands", (f"```\n{original_command}\n```\n\n(this report was then rebuilt from that run's outputs, "
+                      f"without training again, by `{_common.command_line()}`)\n\n"
+                      if args.analyse_only else "```\n" + _common.command_line() + "\n```\n\n")
+         + "which ran, in order "
+         + "(wall time, peak RSS of the largest process):\n\n"
          + "\n\n".join(f"{s.name} ({s.wall_s / 60:.1f} min, {_common.fmt_mb(s.peak_rss)}):\n\n```\n{s.command}\n```"
                        for s in Step.log)
          + f"\n\nPer-recording metrics in-process: {t_inproc / 60:.1f} min. Whole script: {wall / 60:.1f} min wall."),

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/tokenizer_throughput.py          # warm-up + median of 5 (3 for training), ~15 min on 2 busy cores
+    .venv/bin/python bench/tokenizer_throughput.py          # warm-up + median of 7 (3 for training), ~10 min on 2 busy cores
     .venv/bin/python bench/tokenizer_throughput.py --quick  # warm-up + 1 timed run per side, no profiles (~5 min)
 
 It measures, in one run, and prints a table and writes ``bench/results/tokenizer_throughput.md``:
@@ -23,7 +23,7 @@ It measures, in one run, and prints a table and writes ``bench/results/tokenizer
    that the comparison is like for like).
 3. (not with --quick) Where our time goes: wall time per stage of `BrainTokenizer.encode` (sensor
    encoder, temporal conv branches, STFT path, per-channel encoder, latent cross-attention, RVQ),
-   measured with forward hooks over the same number of repetitions; and the operators that take the
+   measured with forward hooks over the same number of repetitions (presets interleaved); and the operators that take the
    most CPU time in one training step of ``small`` (torch.profiler; convolutions grouped by shape, so
    that a row can be traced to its layer).
 
@@ -213,30 +213,29 @@ STAGES = {
 }
 
 
-def stage_profile(model: BrainTokenizer, batch: dict, repeats: int) -> tuple[list[tuple[str, float]], float]:
-    """Median wall seconds per stage of `encode` over ``repeats`` calls (forward hooks), and the median total."""
-    fn = encode_fn(model, batch)
-    acc: dict[str, list[float]] = defaultdict(list)
-    current: dict[str, float] = {}
+def stage_profile(models: dict[str, BrainTokenizer], batch: dict, repeats: int) -> dict[str, tuple[list[tuple[str, float]], float]]:
+    """Per model: median wall seconds per stage of `encode` over ``repeats`` calls (forward hooks), and the
+    median total. The models' calls are interleaved round-robin, like the main timings."""
+    acc: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in models}
+    current: dict[tuple[str, str], float] = {}
     handles = []
-    for label, path in STAGES.items():
-        mod = model.get_submodule(path)
-        handles.append(mod.register_forward_pre_hook(lambda m, a, label=label: current.__setitem__(label, time.perf_counter())))
-        handles.append(mod.register_forward_hook(
-            lambda m, a, o, label=label: acc[label].append(time.perf_counter() - current[label])))
-    totals = []
+    for name, model in models.items():
+        for label, path in STAGES.items():
+            mod = model.get_submodule(path)
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, a, key=(name, label): current.__setitem__(key, time.perf_counter())))
+            handles.append(mod.register_forward_hook(
+                lambda m, a, o, key=(name, label): acc[key[0]][key[1]].append(time.perf_counter() - current[key])))
     try:
-        fn()
-        acc.clear()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            totals.append(time.perf_counter() - t0)
+        totals = _common.interleaved({name: encode_fn(model, batch) for name, model in models.items()}, repeats, warmup=False)
     finally:
         for h in handles:
             h.remove()
-    rows = [(label, statistics.median(acc[label])) for label in STAGES if acc[label]]
-    return rows, statistics.median(totals)
+    out = {}
+    for name in models:
+        rows = [(label, statistics.median(acc[name][label])) for label in STAGES if acc[name][label]]
+        out[name] = (rows, statistics.median(totals[name]))
+    return out
 
 
 def op_profile(step: Callable[[], object], top: int = 10) -> str:
@@ -276,14 +275,14 @@ def summarise(times: list[float]) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 timed run per side, no profiles (smoke run)")
-    p.add_argument("--repeats", type=int, default=None, help="timed inference repetitions per side (default 5, --quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed inference repetitions per side (default 7, --quick 1)")
     p.add_argument("--train-repeats", type=int, default=None, help="timed training steps per side (default 3, --quick 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
     p.add_argument("--batch", type=int, default=32, help="windows per batch (default 32)")
     p.add_argument("--channels", type=int, default=64, help="channels per window (default 64)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write the results file")
     args = p.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 7)
     train_repeats = args.train_repeats or (1 if args.quick else 3)
 
     torch.set_num_threads(args.threads)
@@ -322,9 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[str, tuple[list[tuple[str, float]], float]] = {}
     ops_text = ""
     if not args.quick:
-        for preset in OUR_PRESETS:
-            print(f"stage profile of ours {preset} ...", flush=True)
-            stages[preset] = stage_profile(models[f"ours {preset}"], batch, repeats)
+        print("stage profile of ours (interleaved) ...", flush=True)
+        stages = stage_profile({preset: models[f"ours {preset}"] for preset in OUR_PRESETS}, batch, repeats)
         print("operator profile of one training step of ours small ...", flush=True)
         ops_text = op_profile(train["ours small"])
 
