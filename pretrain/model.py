@@ -179,16 +179,22 @@ class MaskedTokenModel(nn.Module):
 
     def encode(self, indices: Tensor, mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         """Hidden states [B, N, T, D] (after the final norm). mask [B, N, T] True = replaced by the mask embedding."""
-        b, n, t, _ = indices.shape
+        if indices.shape[1] != self.config.n_latent:
+            raise ValueError(f"indices have {indices.shape[1]} latents, the backbone was built for {self.config.n_latent}")
+        return self.encode_embedded(self.embed(indices), mask, valid)
+
+    def encode_embedded(self, x: Tensor, mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+        """Embedded positions x [B, N, T, D] (from `embed`, or ``code_proj`` of continuous codebook-space
+        latents) -> hidden states [B, N, T, D] after the final norm. mask/valid as in `encode`."""
+        b, n, t, _ = x.shape
         if n != self.config.n_latent:
-            raise ValueError(f"indices have {n} latents, the backbone was built for {self.config.n_latent}")
-        x = self.embed(indices)
+            raise ValueError(f"input has {n} latents, the backbone was built for {self.config.n_latent}")
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_embed.to(x.dtype), x)
         x = x + self.latent_embed[None, :, None, :]
         if valid is not None and bool(valid.all()):
             valid = None
-        rope = rope_tables(t, self.config.d_model // self.config.n_heads, self.config.rope_base, indices.device)
+        rope = rope_tables(t, self.config.d_model // self.config.n_heads, self.config.rope_base, x.device)
         for block in self.blocks:
             x = block(x, rope, valid)
         return self.norm(x)
