@@ -1,0 +1,317 @@
+"""Fine-tuning models: tokenizer encoder -> pretrained backbone -> pooling head, and braindecode baselines.
+
+Both take the same inputs, so training, export and prediction do not care which one they hold:
+
+    logits = model(signal, types, positions, orientations, channel_mask)   # -> [B, K]
+
+* ``signal`` [B, C, T] float32 in scaled units (the task's preprocessing), T a multiple of the tokenizer hop (64);
+* ``types`` [B, C] int (SensorType), ``positions`` [B, C, 3] metres (NaN = unknown), ``orientations`` [B, C, 3];
+* ``channel_mask`` [B, C] bool (True = real channel; padded rows are ignored). None = all real.
+
+`FoundationClassifier`: the tokenizer's encoder gives latents [B, N, F, d_tok]. With ``input="tokens"`` they are
+quantized (frozen RVQ, eval mode) and the indices go through ``backbone.embed``; with ``input="latents"`` the
+continuous pre-quantization vector z = normalize(project_in(latents)), which lives in the codebook space whose
+level-sum the backbone embeds, goes through ``backbone.code_proj``. The backbone gives hidden states [B, N, F, D];
+the head pools them over latents x frames (attention pooling with learned queries, or the mean) and an MLP
+gives K logits. The tokenizer always stays in eval mode (its quantizer must never update its codebooks).
+
+`BaselineClassifier`: a braindecode network (EEGNet, ShallowFBCSPNet, Labram) trained from scratch on the
+same items; it needs one fixed channel set (its ``n_chans``) and ignores the geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretrain.model import BackboneConfig, MaskedTokenModel
+from tokenizer.config import TokenizerConfig
+from tokenizer.model import BrainTokenizer
+
+log = logging.getLogger("brainforge.finetune")
+
+INPUTS = ("tokens", "latents")
+POOLINGS = ("attention", "mean")
+MODES = ("probe", "full", "lora")
+BASELINES = ("eegnet", "shallow", "labram")
+#: backbone linears that LoRA adapts (attention in/out projections and the SwiGLU linears of every block)
+LORA_TARGETS = r".*blocks\.\d+\.(spatial|temporal)\.(qkv|out)|.*blocks\.\d+\.ffn\.(gate_up|down)"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Classification head: pooling over latents x frames, then LayerNorm -> Linear -> GELU -> Dropout -> Linear."""
+
+    n_classes: int = 2
+    pooling: str = "attention"  # attention | mean
+    n_queries: int = 1  # attention pooling: learned queries, their outputs concatenated
+    n_heads: int = 4
+    hidden: int = 128
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ValueError(f"HeadConfig: n_classes {self.n_classes} must be >= 2")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"HeadConfig: pooling {self.pooling!r} must be one of {POOLINGS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"HeadConfig: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+class PoolingHead(nn.Module):
+    """hidden [B, N, F, D] -> logits [B, K]."""
+
+    def __init__(self, d_model: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pooled = d_model
+        if cfg.pooling == "attention":
+            heads = cfg.n_heads if d_model % cfg.n_heads == 0 else 1
+            self.queries = nn.Parameter(torch.randn(cfg.n_queries, d_model) * 0.02)
+            self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+            pooled = d_model * cfg.n_queries
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(pooled), nn.Linear(pooled, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.n_classes),
+        )
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """hidden [B, N, F, D] -> pooled [B, n_queries * D] (attention) or [B, D] (mean)."""
+        b = hidden.shape[0]
+        tokens = hidden.flatten(1, 2)  # [B, N*F, D]
+        if self.cfg.pooling == "mean":
+            return tokens.mean(1)
+        out, _ = self.attn(self.queries.expand(b, -1, -1).to(tokens.dtype), tokens, tokens, need_weights=False)
+        return out.flatten(1)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.mlp(self.pool(hidden))
+
+
+class FoundationClassifier(nn.Module):
+    """Tokenizer encoder -> backbone -> `PoolingHead`. See the module docstring for inputs and shapes."""
+
+    kind = "foundation"
+
+    def __init__(
+        self,
+        tokenizer_config: TokenizerConfig,
+        backbone_config: BackboneConfig,
+        head_config: HeadConfig,
+        input: str = "latents",
+    ) -> None:
+        super().__init__()
+        if input not in INPUTS:
+            raise ValueError(f"input {input!r} must be one of {INPUTS}")
+        if input == "latents" and backbone_config.embedding != "codebook":
+            raise ValueError("input='latents' needs a backbone with codebook embeddings (embedding='codebook'); "
+                             "this backbone learned its own per-level embeddings: use input='tokens'")
+        for name in ("n_latent", "rvq_levels", "codebook_size", "codebook_dim"):
+            if getattr(tokenizer_config, name) != getattr(backbone_config, name):
+                raise ValueError(f"tokenizer {name}={getattr(tokenizer_config, name)} != backbone "
+                                 f"{name}={getattr(backbone_config, name)}: the backbone was trained on another tokenizer")
+        self.input = input
+        self.tokenizer = BrainTokenizer(tokenizer_config)
+        self.backbone = MaskedTokenModel(backbone_config)
+        self.head = PoolingHead(backbone_config.d_model, head_config)
+        # never trained here: the codebooks (frozen in pretraining too) and the masked-token prediction head
+        self.backbone.codebooks.requires_grad_(False)
+        self.backbone.head.requires_grad_(False)
+        self.tokenizer.eval()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input": self.input, "tokenizer": self.tokenizer.config.to_dict(),
+                "backbone": self.backbone.config.to_dict(), "head": self.head.cfg.to_dict()}
+
+    def train(self, mode: bool = True) -> FoundationClassifier:
+        super().train(mode)
+        self.tokenizer.eval()  # the RVQ would update its codebooks in training mode
+        return self
+
+    def tokenize(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
+                 channel_mask: Tensor | None = None) -> Tensor:
+        """-> indices [B, N_latent, T / hop, L] int64 (the tokenizer part, exactly `BrainTokenizer.encode`)."""
+        return self.tokenizer.encode(signal, types, positions, orientations, channel_mask)
+
+    def embed(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
+              channel_mask: Tensor | None = None) -> Tensor:
+        """-> backbone input [B, N, F, D]."""
+        tok = self.tokenizer
+        mask = tok._checked_mask(signal, channel_mask)
+        sensor = tok.sensor_encoder(types, positions, orientations)
+        latents = tok.encoder(signal.float(), sensor, mask)  # [B, N, F, d_tok]
+        if self.input == "tokens":
+            _, indices, _ = tok.quantizer(latents)
+            return self.backbone.embed(indices.long())
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            z = F.normalize(tok.quantizer.project_in(latents.float()), dim=-1)  # codebook space
+        return self.backbone.code_proj(z)
+
+    def features(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
+                 channel_mask: Tensor | None = None) -> Tensor:
+        """-> backbone hidden states [B, N, F, D]."""
+        return self.backbone.encode_embedded(self.embed(signal, types, positions, orientations, channel_mask))
+
+    def forward(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
+                channel_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.features(signal, types, positions, orientations, channel_mask))
+
+    # --- training modes ------------------------------------------------------------------------
+    def set_mode(self, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                 train_tokenizer: bool = False) -> None:
+        """``probe``: only the head trains. ``full``: backbone + head (+ the tokenizer encoder with
+        ``train_tokenizer`` and ``input='latents'``). ``lora``: LoRA adapters on the backbone linears + head."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} must be one of {MODES}")
+        self.requires_grad_(False)
+        self.head.requires_grad_(True)
+        if mode == "full":
+            self.backbone.requires_grad_(True)
+            self.backbone.codebooks.requires_grad_(False)
+            self.backbone.head.requires_grad_(False)
+            if train_tokenizer and self.input == "latents":
+                self.tokenizer.sensor_encoder.requires_grad_(True)
+                self.tokenizer.encoder.requires_grad_(True)
+                self.tokenizer.quantizer.project_in.requires_grad_(True)
+        elif mode == "lora":
+            add_lora(self.backbone, lora_r, lora_alpha, lora_dropout)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Trainable parameters from the output down: [head], [block L-1 + final norm], ..., [block 0],
+        [backbone embeddings], [tokenizer]. Layer-wise lr decay gives group i the lr * decay**i."""
+        seen: set[int] = set()
+
+        def take(module_or_params) -> list[nn.Parameter]:
+            params = module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params
+            out = [p for p in params if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in out)
+            return out
+
+        bb = self.backbone
+        groups = [take(self.head), take(list(bb.norm.parameters()))]
+        groups[1] += take(bb.blocks[-1])
+        groups += [take(block) for block in reversed(bb.blocks[:-1])]
+        groups.append(take(bb))  # embeddings: code_proj / level_embed, latent_embed, mask_embed (+ any rest)
+        groups.append(take(self))  # tokenizer parts, when trainable
+        return [g for g in groups if g]
+
+
+def add_lora(backbone: nn.Module, r: int, alpha: int, dropout: float) -> None:
+    """Inject peft LoRA adapters (rank ``r``) into the backbone's attention and FFN linears; only they train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS), backbone)
+    for name, p in backbone.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Merge every LoRA adapter into its base linear and put the plain linear back. Returns how many."""
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for name, sub in list(module.named_modules()):
+        if isinstance(sub, LoraLayer):
+            sub.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, child, sub.get_base_layer())
+            n += 1
+    return n
+
+
+def has_lora(module: nn.Module) -> bool:
+    return any(re.search(r"\.lora_[AB]\.", name) for name, _ in module.named_parameters())
+
+
+# --- baselines -------------------------------------------------------------------------------------
+def _braindecode_net(arch: str, n_chans: int, n_outputs: int, n_times: int, sfreq: float, **kwargs: Any) -> nn.Module:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from braindecode import models as bd
+    if arch == "eegnet":
+        net_cls = getattr(bd, "EEGNetv4", None) or bd.EEGNet
+        return net_cls(n_chans=n_chans, n_outputs=n_outputs, n_times=n_times, sfreq=sfreq, **kwargs)
+    if arch == "shallow":
+        return bd.ShallowFBCSPNet(n_chans=n_chans, n_outputs=n_outputs, n_times=n_times, sfreq=sfreq, **kwargs)
+    if arch == "labram":
+        # LaBraM's own patch tokenizer with 64-sample patches; a channel's position embedding is its index in
+        # the task's channel list (see BaselineClassifier.forward), as channel names need not be 10-20 names
+        opts = {"patch_size": 64, "embed_dim": 64, "num_layers": 4, "num_heads": 4, **kwargs}
+        if n_times % opts["patch_size"]:
+            raise ValueError(f"labram baseline: n_times {n_times} is not a multiple of patch_size {opts['patch_size']}")
+        return bd.Labram(n_chans=n_chans, n_outputs=n_outputs, n_times=n_times, sfreq=sfreq, **opts)
+    raise ValueError(f"baseline {arch!r} must be one of {BASELINES}")
+
+
+class BaselineClassifier(nn.Module):
+    """A braindecode network behind the common call signature; signal [B, n_chans, n_times] -> logits [B, K].
+
+    It needs exactly ``n_chans`` channels in the training order (`finetune.predict` selects them by name)
+    and windows of ``n_times`` samples; geometry and the channel mask are ignored (there is no padding).
+    """
+
+    kind = "baseline"
+
+    def __init__(self, arch: str, n_chans: int, n_outputs: int, n_times: int, sfreq: float = 256.0,
+                 kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.arch, self.n_chans, self.n_outputs, self.n_times, self.sfreq = arch, n_chans, n_outputs, n_times, sfreq
+        self.kwargs = dict(kwargs or {})
+        self.net = _braindecode_net(arch, n_chans, n_outputs, n_times, sfreq, **self.kwargs)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "arch": self.arch, "n_chans": self.n_chans, "n_outputs": self.n_outputs,
+                "n_times": self.n_times, "sfreq": self.sfreq, "kwargs": self.kwargs}
+
+    def forward(self, signal: Tensor, types: Tensor | None = None, positions: Tensor | None = None,
+                orientations: Tensor | None = None, channel_mask: Tensor | None = None) -> Tensor:
+        b, c, t = signal.shape
+        if c != self.n_chans or t != self.n_times:
+            raise ValueError(f"{self.arch} baseline was trained on {self.n_chans} channels x {self.n_times} samples, "
+                             f"got {c} x {t}")
+        if channel_mask is not None and not bool(channel_mask.all()):
+            raise ValueError(f"{self.arch} baseline: every item needs all {self.n_chans} channels (no padding)")
+        if self.arch == "labram":
+            net = self.net
+            chans = torch.arange(c + 1, device=signal.device)  # [CLS] + channels in training order
+            return net.final_layer(net.forward_features(signal.float(), input_chans=chans))
+        return self.net(signal.float())
+
+    def set_mode(self, mode: str = "full", **_: Any) -> None:
+        self.requires_grad_(True)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return [[p for p in self.parameters() if p.requires_grad]]
+
+
+Classifier = FoundationClassifier | BaselineClassifier
+
+
+def build_classifier(config: dict[str, Any]) -> Classifier:
+    """Inverse of ``model.config_dict()`` (random weights; load a state dict next)."""
+    kind = config.get("kind")
+    if kind == "foundation":
+        return FoundationClassifier(
+            TokenizerConfig.from_dict(config["tokenizer"]), BackboneConfig.from_dict(config["backbone"]),
+            HeadConfig.from_dict(config["head"]), input=config.get("input", "latents"),
+        )
+    if kind == "baseline":
+        return BaselineClassifier(config["arch"], int(config["n_chans"]), int(config["n_outputs"]), int(config["n_times"]),
+                                  float(config.get("sfreq", 256.0)), config.get("kwargs") or {})
+    raise ValueError(f"model config kind {kind!r} must be 'foundation' or 'baseline'")
