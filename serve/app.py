@@ -1,0 +1,350 @@
+"""The FastAPI app: Open Inference Protocol v2 routes, /v1 conveniences, /metrics; see `create_app`.
+
+Every error is a JSON ``{"error": "..."}`` with a 4xx status (a 5xx is a bug). Health routes and the API
+documentation (``/docs``, ``/openapi.json``) are open; every other route needs ``Authorization: Bearer KEY``
+when the server has a keys file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve import __version__
+from serve.auth import KeyStore
+from serve.errors import BadInput, ModelNotReady, ServeError, Unauthorized, UnsupportedMediaType
+from serve.inputs import safe_filename
+from serve.limits import BodyLimitMiddleware
+from serve.observability import Metrics, ObservabilityMiddleware, request_id_var
+from serve.pipeline import prepare_json, prepare_upload, prepare_v2
+from serve.registry import LoadedModel, ModelRegistry
+from serve.schemas import (
+    ErrorBody,
+    InferRequest,
+    InferResponse,
+    ModelList,
+    ModelMetadata,
+    PredictResponse,
+    RecordingJSON,
+    ServerMetadata,
+    TokenizeResponse,
+)
+from serve.settings import Settings
+
+log = logging.getLogger("brainforge.serve")
+ERROR_CODES = {400: "bad request", 401: "missing or invalid API key", 404: "unknown model or version",
+               409: "model not ready (broken package or shutting down)", 413: "body too large",
+               415: "unsupported content type", 422: "input outside the limits or unusable", 429: "queue full"}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _json_or_multipart_body(with_model_field: bool) -> dict:
+    props = {"file": {"type": "string", "format": "binary", "description": "a recording (EDF, BDF, FIF, "
+                      "BrainVision as a .zip of its three files, EEGLAB, ...); the extension picks the reader"}}
+    if with_model_field:
+        props |= {"model": {"type": "string"}, "version": {"type": "string"}}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": props}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/RecordingJSON"}},
+    }}}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    registry = ModelRegistry(settings, metrics)
+    keys = KeyStore(settings.api_keys) if settings.api_keys else None
+    prep_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="prep")
+    bearer = HTTPBearer(auto_error=False, description="API key from `python -m serve keys add`")
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        state["ready"] = True
+        log.info("server ready", extra={"fields": {"registry": str(settings.registry), "auth": keys is not None,
+                                                    "max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms}})
+        yield
+        state["ready"] = False
+        log.info("shutting down: finishing admitted requests")
+        await registry.close()
+        prep_pool.shutdown(wait=True)
+        log.info("shutdown complete")
+
+    app = FastAPI(title="brainforge", version=__version__, lifespan=lifespan,
+                  description="EEG/MEG model server: Open Inference Protocol v2 and recording uploads.")
+    app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
+
+    # --- errors: always {"error": ...} -------------------------------------------------------------
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError):
+        return _error(e.status, str(e), e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        parts = [f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()[:5]]
+        return _error(400, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception):
+        log.error("unhandled error", exc_info=e)
+        return _error(500, f"internal error (request id {request_id_var.get()})")
+
+    # --- auth ------------------------------------------------------------------------------------
+    async def require_key(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if keys is None:
+            return
+        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer KEY'")
+        key_id = await asyncio.to_thread(keys.verify, creds.credentials)
+        if key_id is None:
+            raise Unauthorized("invalid or revoked API key")
+        request.state.key_id = key_id
+
+    auth = [Depends(require_key)]
+    errors = {code: {"model": ErrorBody, "description": text} for code, text in ERROR_CODES.items()}
+
+    async def run_prep(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(prep_pool, fn, *args)
+
+    async def get_model(request: Request, name: str, version: str | None) -> LoadedModel:
+        model = await registry.get(name, version)
+        request.state.model = name
+        return model
+
+    # --- health and server metadata ----------------------------------------------------------------
+    @app.get("/v2/health/live", tags=["health"], responses={200: {"content": {"application/json": {}}}})
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"], responses={409: errors[409]})
+    async def ready() -> dict:
+        if not state["ready"]:
+            raise ModelNotReady("server is starting or shutting down")
+        if not settings.registry.is_dir():
+            raise ModelNotReady(f"registry {settings.registry} is not a directory")
+        return {"ready": True}
+
+    @app.get("/v2", tags=["v2"], dependencies=auth, response_model=ServerMetadata, responses={401: errors[401]})
+    async def server_metadata() -> dict:
+        return {"name": "brainforge", "version": __version__, "extensions": []}
+
+    # --- v2 model routes (with and without /versions/{version}) --------------------------------------
+    async def model_metadata(request: Request, name: str, version: str | None) -> dict:
+        model = await get_model(request, name, version)
+        prep = model.package.preprocessing
+        labels = [str(x) for x in model.package.labels]
+        return {
+            "name": name, "versions": registry.versions(name) or [model.version], "platform": "brainforge_pytorch",
+            "inputs": [
+                {"name": "signal", "datatype": "FP32", "shape": [-1, -1, -1],
+                 "parameters": {"layout": "[C, T] one recording or [N, C, T] epochs; SI units (V, T, T/m)"}},
+                {"name": "channel_names", "datatype": "BYTES", "shape": [-1]},
+                {"name": "channel_types", "datatype": "BYTES", "shape": [-1],
+                 "parameters": {"optional": True, "default": "eeg"}},
+                {"name": "positions", "datatype": "FP32", "shape": [-1, 3],
+                 "parameters": {"optional": True, "units": "metres, head frame"}},
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+                {"name": "t0_s", "datatype": "FP64", "shape": [-1]},
+                {"name": "source_index", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": {"version": model.version, "labels": labels, "input_kind": prep.input_kind,
+                           "window_s": float(prep.window_s), "required_parameters": ["sfreq"]},
+        }
+
+    async def model_ready(request: Request, name: str, version: str | None) -> dict:
+        model = await get_model(request, name, version)
+        return {"name": name, "version": model.version, "ready": True}
+
+    async def infer(request: Request, name: str, version: str | None) -> JSONResponse:
+        model = await get_model(request, name, version)
+        body = await request.body()
+        async with model.batcher.admit():
+            windows, req = await run_prep(prepare_v2, model.predictor, settings, body)
+            probs = await model.batcher.submit(windows.items)
+        labels = [str(x) for x in model.package.labels]
+        probs = np.asarray(probs, dtype=np.float32)
+        summary = model.predictor.summarise(windows, probs).to_dict()
+        outputs = [
+            {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()},
+            {"name": "labels", "datatype": "BYTES", "shape": [len(probs)], "data": [labels[i] for i in probs.argmax(1)]},
+            {"name": "t0_s", "datatype": "FP64", "shape": [len(probs)], "data": np.asarray(windows.t0_s, float).tolist()},
+            {"name": "source_index", "datatype": "INT64", "shape": [len(probs)],
+             "data": np.asarray(windows.source_index, np.int64).tolist()},
+        ]
+        if req.outputs:
+            wanted = {o.name for o in req.outputs}
+            unknown = wanted - {o["name"] for o in outputs}
+            if unknown:
+                raise BadInput(f"unknown requested outputs {sorted(unknown)}")
+            outputs = [o for o in outputs if o["name"] in wanted]
+        params = {"class_labels": labels, "recording_label": str(summary.get("summary", {}).get("label", ""))}
+        return JSONResponse({"model_name": name, "model_version": model.version, "id": req.id,
+                             "parameters": params, "outputs": outputs})
+
+    def add_model_routes(suffix: str, handler: Callable[..., Awaitable[Any]], method: str, **kw: Any) -> None:
+        async def unversioned(request: Request, name: str):
+            return await handler(request, name, None)
+
+        async def versioned(request: Request, name: str, version: str):
+            return await handler(request, name, version)
+
+        for path, endpoint in ((f"/v2/models/{{name}}{suffix}", unversioned),
+                               (f"/v2/models/{{name}}/versions/{{version}}{suffix}", versioned)):
+            endpoint.__name__ = f"{handler.__name__}_{'versioned' if endpoint is versioned else 'latest'}"
+            app.add_api_route(path, endpoint, methods=[method], dependencies=auth, tags=["v2"], **kw)
+
+    model_errors = {c: errors[c] for c in (400, 401, 404, 409)}
+    add_model_routes("", model_metadata, "GET", response_model=ModelMetadata, responses=model_errors)
+    add_model_routes("/ready", model_ready, "GET", responses=model_errors)
+    add_model_routes("/infer", infer, "POST", response_model=InferResponse,
+                     responses={**errors, 200: {"model": InferResponse}},
+                     openapi_extra={"requestBody": {"required": True, "content": {
+                         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}})
+
+    # --- /v1 conveniences --------------------------------------------------------------------------
+    async def prepare_any(request: Request, model_field: bool) -> tuple[Any, Any, str | None, str | None]:
+        """(windows, ModelResolved, model name, version) from a multipart upload or a JSON recording."""
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise BadInput("multipart body needs a file field named 'file'")
+                name = form.get("model") if model_field else None
+                version = form.get("version") if model_field else None
+                return upload, None, name if isinstance(name, str) else None, version if isinstance(version, str) else None
+            except BaseException:
+                await form.close()
+                raise
+        if ctype.startswith("application/json"):
+            body = await request.body()
+            return None, body, None, None
+        raise UnsupportedMediaType(
+            f"content type {ctype or 'none'!r}: send multipart/form-data with a 'file' field, or application/json")
+
+    async def prepared(request: Request, model: LoadedModel, upload: Any, body: bytes | None) -> tuple[Any, str]:
+        """(RawWindows, recording name) on the preprocessing threads; closes the upload."""
+        if upload is not None:
+            try:
+                windows = await run_prep(prepare_upload, model.predictor, settings, upload.filename, upload.file)
+                return windows, safe_filename(upload.filename)
+            finally:
+                await upload.close()
+        windows, rec = await run_prep(prepare_json, model.predictor, settings, body)
+        return windows, rec.name
+
+    def _json_model_field(body: bytes | None) -> tuple[str | None, str | None]:
+        if not body:
+            return None, None
+        try:
+            rec = RecordingJSON.model_validate_json(body)
+        except Exception:
+            return None, None  # reported when the body is parsed for real
+        return rec.model, rec.version
+
+    @app.post("/v1/models/{name}/predict", tags=["v1"], dependencies=auth, response_model=PredictResponse,
+              responses={**errors, 200: {"model": PredictResponse}}, openapi_extra=_json_or_multipart_body(False))
+    async def predict(request: Request, name: str,
+                      version: str | None = Query(None, description="model version (default: the latest)")) -> JSONResponse:
+        upload, body, _, _ = await prepare_any(request, False)
+        try:
+            model = await get_model(request, name, version)
+            async with model.batcher.admit():
+                windows, _ = await prepared(request, model, upload, body)
+                upload = None
+                probs = await model.batcher.submit(windows.items)
+        finally:
+            if upload is not None:
+                await upload.close()
+        out = model.predictor.summarise(windows, np.asarray(probs)).to_dict()
+        out |= {"model": name, "version": model.version, "warnings": list(windows.warnings)}
+        return JSONResponse(out)
+
+    @app.post("/v1/tokenize", tags=["v1"], dependencies=auth, response_model=TokenizeResponse,
+              responses={**errors, 200: {"model": TokenizeResponse}}, openapi_extra=_json_or_multipart_body(True))
+    async def tokenize(request: Request,
+                       model: str | None = Query(None, description="model whose tokenizer to use (or a form/JSON field)"),
+                       version: str | None = Query(None, description="model version (default: the latest)")) -> JSONResponse:
+        upload, body, form_model, form_version = await prepare_any(request, True)
+        try:
+            if body is not None and model is None:
+                form_model, form_version = _json_model_field(body)
+            name, version = model or form_model, version or form_version
+            if not name:
+                raise BadInput("say which model's tokenizer to use: ?model=NAME (or a 'model' form/JSON field)")
+            loaded = await get_model(request, name, version)
+            async with loaded.batcher.admit():
+                windows, recording = await prepared(request, loaded, upload, body)
+                upload = None
+                tokens = await loaded.batcher.run(loaded.predictor.tokenize_items, windows.items)
+        finally:
+            if upload is not None:
+                await upload.close()
+        tokens = np.asarray(tokens)
+        return JSONResponse({"model": name, "version": loaded.version, "recording": recording,
+                             "shape": list(tokens.shape), "t0_s": np.asarray(windows.t0_s, float).tolist(),
+                             "tokens": tokens.tolist(), "warnings": list(windows.warnings)})
+
+    @app.get("/v1/models", tags=["v1"], dependencies=auth, response_model=ModelList, responses={401: errors[401]})
+    async def models() -> dict:
+        return {"models": await asyncio.to_thread(registry.list)}
+
+    @app.get("/metrics", tags=["metrics"], dependencies=auth, response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: errors[401]})
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema with our request bodies and every error response as ``{"error": str}``."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (InferRequest, RecordingJSON, ErrorBody):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(js.pop("$defs", {}))
+        comps[model.__name__] = js
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+    for path_item in schema.get("paths", {}).values():
+        for op in path_item.values():
+            responses = op.setdefault("responses", {})
+            for code in list(responses):
+                if code.startswith("4") or code == "422":
+                    responses[code] = {"description": ERROR_CODES.get(int(code), "error"),
+                                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,24 @@
+"""Run the app under uvicorn: JSON logs, graceful shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight
+requests, then drain the batchers), no uvicorn access log (ours carries request ids)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from serve.observability import setup_logging
+from serve.settings import Settings
+
+
+def make_server(settings: Settings) -> uvicorn.Server:
+    from serve.app import create_app
+
+    setup_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, access_log=False, log_config=None,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None, lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def run_server(settings: Settings) -> None:
+    make_server(settings).run()

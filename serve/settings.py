@@ -1,0 +1,69 @@
+"""Server settings: command-line flags override ``BRAINFORGE_*`` environment variables, which override defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server needs. Env: ``BRAINFORGE_REGISTRY``, ``BRAINFORGE_PORT``, ``BRAINFORGE_MAX_BATCH``, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="BRAINFORGE_", extra="ignore")
+
+    registry: Path = Field(description="registry folder holding NAME/VERSION model packages")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Path | None = Field(None, description="keys file (salted hashes); when set, every non-health route needs a key")
+
+    # batching and queueing
+    max_batch: int = Field(32, ge=1, description="most windows per forward pass (1 = one request per forward pass)")
+    max_delay_ms: float = Field(10.0, ge=0, description="longest a request waits for others to join its batch")
+    max_queue: int = Field(64, ge=1, description="requests admitted per model (preprocessing, waiting or running); more get 429")
+    preprocess_threads: int = Field(2, ge=1, description="threads reading and preprocessing inputs")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
+    device: str = "cpu"
+
+    # limits
+    max_body_mb: float = Field(200.0, gt=0, description="largest request body in MB (413 beyond)")
+    max_duration_s: float = Field(3600.0, gt=0, description="longest recording in seconds (422 beyond)")
+    max_channels: int = Field(512, ge=1, description="most channels in one input (422 beyond)")
+    min_sfreq: float = Field(64.0, gt=0, description="lowest sampling rate in Hz (422 below)")
+    max_sfreq: float = Field(20000.0, gt=0, description="highest sampling rate in Hz (422 above)")
+    upload_dir: Path | None = Field(None, description="where per-request upload folders go (default: the system temp dir)")
+    max_zip_mb: float = Field(1000.0, gt=0, description="largest total unpacked size of an uploaded zip in MB")
+
+    # registry refresh and shutdown
+    rescan_interval_s: float = Field(1.0, ge=0, description="at most one registry rescan per interval (mtime check)")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="how long shutdown waits for in-flight requests")
+    log_level: str = "INFO"
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_folder(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"registry {v} is not a directory")
+        return v.resolve()
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"api keys file {v} does not exist (create it with `python -m serve keys add --file {v}`)")
+        return v
+
+    @model_validator(mode="after")
+    def _sfreq_range(self) -> Settings:
+        if self.min_sfreq >= self.max_sfreq:
+            raise ValueError(f"min_sfreq {self.min_sfreq} must be below max_sfreq {self.max_sfreq}")
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_zip_bytes(self) -> int:
+        return int(self.max_zip_mb * 1024 * 1024)
