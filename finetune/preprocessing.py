@@ -423,6 +423,7 @@ def windows_from_raw(
     prep: TaskPreprocessing,
     name: str,
     segments: Sequence[tuple[float, float]] | None = None,
+    chunk_s: float | None = None,
 ) -> RawWindows:
     """A continuous recording -> RawWindows (the path of CSV/BIDS tasks, `finetune predict` and the server).
 
@@ -433,6 +434,7 @@ def windows_from_raw(
         segments: optional [start_s, stop_s) intervals in seconds of ``raw.times``; each gives the windows
             described in the module docstring and ``source_index`` = its position in this list. None: the
             whole recording in consecutive windows (``source_index`` 0).
+        chunk_s: input seconds per processing chunk (default: the data stage's memory budget).
 
     Returns:
         RawWindows; windows with NaN/Inf samples are dropped (with a warning).
@@ -445,7 +447,7 @@ def windows_from_raw(
         return _epochs_from_raw(raw, prep, name, segments)
     warnings: list[str] = []
     with _captured_warnings(warnings):
-        pipe = RecordingPipeline(raw, prep.spec, name=name)
+        pipe = RecordingPipeline(raw, prep.spec, name=name, chunk_s=chunk_s)
         cal = pipe.calibration
     layout = pipe.layout
     good = cal["good"]
