@@ -100,7 +100,9 @@ def mne_input(x: np.ndarray, info: mne.Info) -> mne.io.RawArray | mne.EpochsArra
     data = x.astype(np.float64)
     if x.ndim == 2:
         return mne.io.RawArray(data, info, verbose="error")
-    return mne.EpochsArray(data, info, tmin=0.0, verbose="error")
+    n, _, t = x.shape  # epochs laid end to end on one clock: epoch i starts at i * T / sfreq
+    events = np.c_[np.arange(n) * t, np.zeros(n, int), np.ones(n, int)].astype(int)
+    return mne.EpochsArray(data, info, events=events, tmin=0.0, verbose="error")
 
 
 def decode_tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.ndarray:
