@@ -60,7 +60,8 @@ class TaskData:
     """A labelled task, ready for training.
 
     items: N WindowCollator items (signal [C, T] float32 scaled units, types [C] int8, positions [C, 3]
-        float32 metres, NaN unknown, orientations [C, 3], recording, t0_s, label), all with the same T.
+        float32 metres, NaN unknown, orientations [C, 3], channels (C names), recording, t0_s, label), all
+        with the same T.
     labels: [N] int64 indices into ``classes``.
     classes: class names, in label-index order.
     subjects: per item, the subject or None.
@@ -371,7 +372,7 @@ def load_epochs_task(
     for (layout, v), rec, t0 in zip(volts, recordings, t0s, strict=True):
         sig = scale_epochs(layout, v[None], prep, rec, warnings)[0]
         items.append({"signal": sig, "types": layout.types.astype(np.int8), "positions": layout.positions,
-                      "orientations": layout.orientations, "recording": rec, "t0_s": t0})  # fmt: skip
+                      "orientations": layout.orientations, "channels": layout.names, "recording": rec, "t0_s": t0})  # fmt: skip
     source = {"kind": "epochs", "paths": [str(f) for f in files], "hash": _hash_inputs(files)}
     return TaskData(items, np.asarray(labels, np.int64), classes, subjects, recordings, np.asarray(t0s), splits,
                     prep, source, groups, sorted(set(warnings)), volts)  # fmt: skip
@@ -730,7 +731,7 @@ def task_from_braindecode(
     for (layout, v), rec, t0 in zip(volts, recordings, t0s, strict=True):
         sig = scale_epochs(layout, v[None], prep, rec, warnings)[0]
         items.append({"signal": sig, "types": layout.types.astype(np.int8), "positions": layout.positions,
-                      "orientations": layout.orientations, "recording": rec, "t0_s": t0})  # fmt: skip
+                      "orientations": layout.orientations, "channels": layout.names, "recording": rec, "t0_s": t0})  # fmt: skip
     h = hashlib.sha256()
     for _, _, data, targets, *_ in parts:
         h.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())

@@ -38,7 +38,7 @@ A `TaskPreprocessing` (saved as ``preprocessing.json`` in runs and model package
 
 Items are dicts in the `data.dataset.WindowCollator` format: ``signal`` [C, T] float32 scaled units,
 ``types`` [C] int8, ``positions`` [C, 3] float32 metres (NaN unknown), ``orientations`` [C, 3] float32,
-plus ``recording`` and ``t0_s``.
+plus ``channels`` (the C channel names, a tuple), ``recording`` and ``t0_s``.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ log = logging.getLogger("brainforge.finetune")
 TASK_PREP_VERSION = 1
 HOP = 64  # tokenizer hop: every model input has T a multiple of this
 INPUT_KINDS = ("recordings", "epochs")
+EPOCHS_PER_BATCH = 256  # pieces of a continuous recording read at once for an epochs model
 STAT_SAMPLES = 200_000  # values per channel that the offset / scale statistics look at (evenly spaced)
 
 
@@ -133,7 +134,7 @@ class RawWindows:
     """Model inputs cut from one recording or epochs file.
 
     items: WindowCollator items (signal [C, T] float32 scaled, types [C] int8, positions [C, 3],
-        orientations [C, 3], recording, t0_s); t0_s: [N] float64 seconds (recordings: from the data start,
+        orientations [C, 3], channels (names), recording, t0_s); t0_s: [N] float64 seconds (recordings: from the data start,
         ``raw.times``; epochs: the epoch's first sample on the original recording's clock, i.e.
         ``events[:, 0] / sfreq + tmin``); source_index: [N] int64, the epoch / segment each item came from
         (0 for windows of a whole recording); layout: the channels in the items; warnings: what was
@@ -363,7 +364,8 @@ def _items(layout: SensorLayout, signals: np.ndarray, t0_s: np.ndarray, name: st
     types = layout.types.astype(np.int8)
     pos, ori = layout.positions.astype(np.float32), layout.orientations.astype(np.float32)
     return [
-        {"signal": s, "types": types, "positions": pos, "orientations": ori, "recording": name, "t0_s": float(t)}
+        {"signal": s, "types": types, "positions": pos, "orientations": ori, "channels": layout.names,
+         "recording": name, "t0_s": float(t)}
         for s, t in zip(signals, t0_s, strict=True)
     ]
 
@@ -556,7 +558,13 @@ def _epochs_from_raw(
                 raise TaskFormatError(f"{name}: segment {i}: [{a_s}, {b_s}) s does not hold a {prep.window_s:g} s epoch inside the recording")
             starts.append(a)
             src.append(i)
-    data = np.stack([raw.get_data(start=a, stop=a + n) for a in starts])
-    rw = windows_from_epoch_array(raw.info, data, np.array(starts) / sfreq, prep, name)
-    rw.source_index = np.asarray(src, np.int64)
-    return rw
+    _, picks = _model_channels(raw.info, name)
+    info = mne.pick_info(raw.info, picks)
+    parts = []
+    for k in range(0, len(starts), EPOCHS_PER_BATCH):  # bounded memory for long recordings
+        batch = starts[k : k + EPOCHS_PER_BATCH]
+        data = np.stack([raw.get_data(picks=picks, start=a, stop=a + n) for a in batch])
+        rw = windows_from_epoch_array(info, data, np.array(batch) / sfreq, prep, name)
+        rw.source_index = np.asarray(src[k : k + EPOCHS_PER_BATCH], np.int64)
+        parts.append(rw)
+    return _concat(parts, name)

@@ -128,7 +128,7 @@ def make_splits(task: TaskData, seed: int, val_fraction: float = 0.2, test_fract
     train_classes = {int(task.labels[i]) for i in splits["train"]}
     if len(train_classes) < 2:
         raise LabelError(
-            f"{task.source.get('paths', ['task'])[:1]}: the training split holds only class(es) "
+            f"{(task.source.get('paths') or [task.source.get('kind', 'task')])[0]}: the training split holds only class(es) "
             f"{[task.classes[c] for c in sorted(train_classes)]} ({splits.strategy})"
         )
     for k in SPLITS:

@@ -89,6 +89,14 @@ def test_epochs_files_labels_subjects_splits_and_predict_path(epochs_dir: Path):
     clock = ONSETS + raw.first_samp / raw.info["sfreq"]  # epochs keep the recording's sample clock (events)
     np.testing.assert_allclose(rw.t0_s, clock, atol=1 / 600)
     np.testing.assert_allclose(task.t0_s[12:], clock, atol=1 / 600)
+    assert it["channels"] == tuple(ep.ch_names) and len(rw.layout) == c
+
+    # a continuous recording given to an epochs model: consecutive 0.5 s pieces, same steps
+    raw = _sample_raw(("eeg", "meg"))
+    cont = windows_from_raw(raw, prep, "sample")
+    assert len(cont) == raw.n_times // round(0.5 * raw.info["sfreq"]) == 10
+    assert all(x["signal"].shape == (366, 128) for x in cont.items)
+    np.testing.assert_allclose(np.diff(cont.t0_s), 0.5, atol=1 / 600)
 
 
 def test_epochs_keep_dc_level_and_resample_like_mne(tmp_path: Path):
@@ -105,6 +113,14 @@ def test_epochs_keep_dc_level_and_resample_like_mne(tmp_path: Path):
     original = (data[1::2].mean() - data[::2].mean()) / scale
     assert shift == pytest.approx(original, rel=0.02)
     assert original > 1.0  # the shift is large in scaled units, so the check above can fail
+
+    # fit_on: offsets and scales refitted on the given training items only (here: class a)
+    before = np.median(np.stack([task.items[i]["signal"] for i in np.flatnonzero(task.labels == 0)]), axis=(0, 2))
+    task.fit_on(np.flatnonzero(task.labels == 0))
+    after = np.stack([task.items[i]["signal"] for i in np.flatnonzero(task.labels == 0)])
+    assert np.abs(np.median(before)) > 0.3 and np.abs(np.median(after, axis=(0, 2))).max() < 1e-3
+    mad = np.median(np.abs(after - np.median(after, axis=(0, 2), keepdims=True)), axis=(0, 2))
+    assert np.median(mad) == pytest.approx(1.0, rel=1e-3)
 
     ref = arr.copy().pick("eeg", exclude="bads").resample(256.0, method="polyphase", verbose="error").get_data()
     ours = np.stack([x["signal"] for x in task.items])
@@ -344,18 +360,21 @@ def test_predict_on_a_sensor_type_never_seen(tmp_path: Path):
 
 def test_csv_missing_files_and_malformed_rows_are_named(tmp_path: Path):
     rel = os.path.relpath(SAMPLE, tmp_path)
-    bad = _write_csv(tmp_path, [f"{rel},a,s1,0.5,1.1", "nothere.edf,b,s1,0.5,1.1", f"{rel},b,s1", f"{rel},b,s1,abc,1.0",
-                                f"{rel},b,s1,2.0,1.0", f"{rel},,s1,1,2", f"{rel},b,s1,1.0,"])  # fmt: skip
+    bad = _write_csv(tmp_path, header="path,label,subject,start_s,stop_s,split", lines=[f"{rel},a,s1,0.5,1.1,", "nothere.edf,b,s1,0.5,1.1,", f"{rel},b,s1", f"{rel},b,s1,abc,1.0,",
+                                f"{rel},b,s1,2.0,1.0,", f"{rel},,s1,1,2,", f"{rel},b,s1,1.0,,"])  # fmt: skip
+    with bad.open("a") as f:
+        f.write(f"{rel},b,s1,1,2,later\n")
     with pytest.raises(TaskFormatError) as e:
         load_task(bad)
     msg = str(e.value)
-    assert "6 bad row(s)" in msg
+    assert "7 bad row(s)" in msg
     assert "line 3: recording 'nothere.edf' does not exist" in msg
-    assert "line 4: 3 field(s), the header has 5" in msg
+    assert "line 4: 3 field(s), the header has 6" in msg
     assert "line 5: start_s 'abc' is not a number" in msg
     assert "line 6: segment [2.0, 1.0) s: need 0 <= start_s < stop_s" in msg
     assert "line 7: empty label" in msg
     assert "line 8: give both start_s and stop_s" in msg
+    assert "line 9: split 'later' is not one of train, val, test" in msg
     with pytest.raises(TaskFormatError, match=r"line 1: missing column\(s\) \['label'\]"):
         load_task(_write_csv(tmp_path, [f"{rel},s1"], header="path,subject"))
     with pytest.raises(TaskFormatError, match=r"line 3 \(path .*sample_audvis_5s_raw\.fif\): .*segment 1: \[7\.0, 7\.5\) s starts outside the recording"):
