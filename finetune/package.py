@@ -203,7 +203,8 @@ def key_facts(path: Path) -> dict[str, Any]:
     return {
         "version": path.name, "kind": config["model"]["kind"],
         "arch": config["model"].get("arch") or f"{config['model'].get('input')}+backbone",
-        "labels": _read_json(path / LABELS_FILE), "task": (config.get("source") or {}).get("task"),
+        "labels": _read_json(path / LABELS_FILE), "task": metrics.get("task"),
+        "split_sizes": metrics.get("split_sizes"),
         "test_balanced_accuracy": test.get("balanced_accuracy"),
         "baseline": {"arch": base.get("arch"), "test_balanced_accuracy": (base.get("test") or {}).get("balanced_accuracy")} if base else None,
         "created": config.get("created"),
