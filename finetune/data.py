@@ -29,6 +29,7 @@ from pathlib import Path
 
 import mne
 import numpy as np
+from tqdm.auto import tqdm
 
 from data.atomic import content_hash
 from data.errors import BrainforgeDataError
@@ -53,6 +54,7 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
                "dev": "val", "test": "test", "testing": "test", "eval": "test"}  # fmt: skip
 CSV_COLUMNS = ("path", "label", "subject", "start_s", "stop_s", "split")
 DEFAULT_EVENT_WINDOW_S = (0.0, 0.5)  # BIDS events with no duration
+PROGRESS_MIN = 4  # files before a progress bar shows
 
 
 @dataclass
@@ -153,6 +155,11 @@ def _stack_by_layout(pairs: list[tuple[SensorLayout, np.ndarray]]) -> list[tuple
     for layout, v in pairs:
         groups.setdefault(layout.names, (layout, []))[1].append(v)
     return [(lay, np.stack(vs)) for lay, vs in groups.values()]
+
+
+def _progress(seq: Sequence, desc: str):
+    """A tqdm bar over ``seq`` when it is long enough to be worth one."""
+    return tqdm(seq, desc=desc, unit="file", disable=len(seq) < PROGRESS_MIN, leave=False)
 
 
 def _norm_split(value, where: str) -> str | None:
@@ -302,7 +309,7 @@ def load_epochs_task(
     raw_parts = []  # (file, info, data [E, C, n], names [E], subjects, splits, t0)
     all_names: set[str] = set()
     codes: dict[str, int] = {}
-    for f in files:
+    for f in _progress(files, "reading epochs"):
         ep = _read_epochs(f)
         inv = {v: k for k, v in ep.event_id.items()}
         names = [inv.get(int(c)) for c in ep.events[:, 2]]
@@ -490,7 +497,7 @@ def load_csv_task(
     for i, r in enumerate(rows):
         by_path.setdefault(r.path.resolve(), []).append(i)
     warnings: list[str] = []
-    for idx in by_path.values():
+    for idx in _progress(list(by_path.values()), "windowing recordings"):
         first = rows[idx[0]]
         try:
             raw = open_raw(first.path)
@@ -569,7 +576,7 @@ def load_bids_task(
         raise TaskFormatError(f"{root}: no BIDS recording found{(' (' + why + ')') if why else ''}")
     opened = []
     present: set[str] = set()
-    for src in sources:
+    for src in _progress(sources, "opening BIDS recordings"):
         try:
             raw = src.open()
         except BrainforgeDataError as e:
@@ -611,7 +618,7 @@ def load_bids_task(
         prep = preprocessing
 
     items, labels, subjects, recordings, t0s, groups = [], [], [], [], [], []
-    for src, raw, segs in plan:
+    for src, raw, segs in _progress(plan, "windowing BIDS events"):
         if not segs:
             continue
         try:
