@@ -47,6 +47,7 @@ import dataclasses
 import json
 import logging
 import math
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,11 +239,15 @@ def fit_scales(prep: TaskPreprocessing, train: Iterable[tuple[SensorLayout, np.n
 
 @contextmanager
 def _captured_warnings(sink: list[str]) -> Iterator[None]:
-    """Collect warnings the data stage logs (e.g. unknown positions) into ``sink`` as well."""
+    """Collect warnings the data stage logs (e.g. unknown positions) into ``sink`` as well.
+
+    Only this thread's records: the server preprocesses several requests at once on worker threads."""
+    me = threading.get_ident()
 
     class _H(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            sink.append(record.getMessage())
+            if record.thread == me:
+                sink.append(record.getMessage())
 
     h = _H(level=logging.WARNING)
     loggers = [logging.getLogger("brainforge.data"), log]

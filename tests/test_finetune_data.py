@@ -405,3 +405,27 @@ def test_shared_task_files_match_their_readme(shared_tasks: Path):
     audvis = load_task(shared_tasks / "mne_sample_audvis.csv")
     assert len(audvis) == 29 and len(set(audvis.groups)) == 29 and audvis.n_classes == 4
     assert audvis.items[0]["signal"].shape[1] == 192 and audvis.class_counts()["visual/right"] == 6
+
+
+def test_warnings_are_collected_per_thread():
+    """The server preprocesses requests on several threads: each RawWindows gets only its own warnings."""
+    import logging
+    import threading
+
+    from finetune.preprocessing import _captured_warnings
+
+    log = logging.getLogger("brainforge.data")
+    mine, theirs, go = [], [], threading.Event()
+
+    def other():
+        with _captured_warnings(theirs):
+            go.wait(5)
+            log.warning("from the other thread")
+
+    t = threading.Thread(target=other)
+    t.start()
+    with _captured_warnings(mine):
+        log.warning("from this thread")
+        go.set()
+        t.join(5)
+    assert mine == ["from this thread"] and theirs == ["from the other thread"]
