@@ -102,8 +102,9 @@ class ModelRegistry:
         from finetune.predict import Predictor
 
         def load():
-            package = load_model_package(path)
-            return package, Predictor(package, batch_size=max(1, self.settings.max_batch))
+            package = load_model_package(path, map_location=self.settings.device)
+            # the predictor's own chunking only bounds memory; batching decisions are the batcher's
+            return package, Predictor(package, batch_size=max(64, self.settings.max_batch))
 
         old = self._models.get(path)
         try:

@@ -9,10 +9,13 @@ from serve.observability import setup_logging
 from serve.settings import Settings
 
 
-def make_server(settings: Settings) -> uvicorn.Server:
+def make_server(settings: Settings, configure_logging: bool = True) -> uvicorn.Server:
+    """A uvicorn server for the app (``server.run()`` blocks; ``server.should_exit = True`` stops it gracefully).
+    ``configure_logging``: JSON lines on stderr (off when embedding the server, e.g. in tests)."""
     from serve.app import create_app
 
-    setup_logging(settings.log_level)
+    if configure_logging:
+        setup_logging(settings.log_level)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None, lifespan="on",
