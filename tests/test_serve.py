@@ -35,43 +35,12 @@ LONG_EDF = FIXTURES / "test_subsecond.edf"  # 698 s, 1 channel
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def model_registry(tmp_path_factory):  # TEMPORARY until tests/conftest.py provides it
-    import torch
-
-    from finetune.model import FoundationClassifier, HeadConfig
-    from finetune.package import save_model_package
-    from finetune.preprocessing import fit_preprocessing
-    from pretrain.model import build_config
-    from tokenizer.config import TokenizerConfig
-
-    torch.manual_seed(0)
-    tok = TokenizerConfig.tiny()
-    bb = build_config("test", n_latent=tok.n_latent, rvq_levels=tok.rvq_levels, codebook_size=tok.codebook_size,
-                      codebook_dim=tok.codebook_dim)
-    model = FoundationClassifier(tok, bb, HeadConfig(n_classes=2), input="latents").eval()
-    for k, b in model.named_buffers():
-        if k.endswith("initted"):
-            b.fill_(True)
-    root = tmp_path_factory.mktemp("reg")
-    save_model_package(root, "demo", model, ["left", "right"], fit_preprocessing("recordings"), {}, "# card")
-    return root
-
-
 @pytest.fixture(scope="module")
-def source_registry(request) -> Path:
-    """The session's real fine-tuned registry (tests/conftest.py `model_registry`)."""
-    reg = request.getfixturevalue("model_registry")
-    return Path(getattr(reg, "registry", reg))
-
-
-@pytest.fixture(scope="module")
-def registry(source_registry, tmp_path_factory) -> tuple[Path, str]:
-    """A private copy (tests add versions to it) and the model name."""
+def registry(model_registry, tmp_path_factory) -> tuple[Path, str]:
+    """A private copy of the session's real fine-tuned registry (tests add versions to it) and the model name."""
     root = tmp_path_factory.mktemp("serve") / "registry"
-    shutil.copytree(source_registry, root)
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return root, names[0]
+    shutil.copytree(model_registry["registry"], root)
+    return root, model_registry["name"]
 
 
 @pytest.fixture(scope="module")
