@@ -42,6 +42,8 @@ def _server_parser() -> argparse.ArgumentParser:
                                 "+ recording upload). Subcommands: `keys add|revoke|list`, `demo`.")
     for flag, (typ, help_) in SERVER_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=help_)
+    p.add_argument("--no-preload", dest="preload", action="store_false", default=None,
+                   help="load models on first use instead of at startup")
     return p
 
 
@@ -50,7 +52,7 @@ def _settings_from(args: argparse.Namespace, **extra):
 
     from serve.settings import Settings
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k.replace("_", "-") in {f[2:] for f in SERVER_FLAGS}}
+    given = {k: v for k, v in vars(args).items() if v is not None}
     try:
         return Settings(**given, **extra)
     except ValidationError as e:

@@ -79,11 +79,18 @@ def create_app(settings: Settings) -> FastAPI:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        state["ready"] = True
-        log.info("server ready", extra={"fields": {"registry": str(settings.registry), "auth": keys is not None,
-                                                    "max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms}})
+        async def warm_up():
+            if settings.preload:
+                await registry.preload()
+            state["ready"] = True
+            log.info("server ready", extra={"fields": {"registry": str(settings.registry), "auth": keys is not None,
+                                                        "models": [f"{m.name}/{m.version}" for m in registry.loaded()],
+                                                        "max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms}})
+
+        warming = asyncio.get_running_loop().create_task(warm_up())  # live at once, ready once the models are loaded
         yield
         state["ready"] = False
+        await warming
         log.info("shutting down: finishing admitted requests")
         await registry.close()
         prep_pool.shutdown(wait=True)
@@ -142,7 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/v2/health/ready", tags=["health"], responses={409: errors[409]})
     async def ready() -> dict:
         if not state["ready"]:
-            raise ModelNotReady("server is starting or shutting down")
+            raise ModelNotReady("server is loading its models, or shutting down")
         if not settings.registry.is_dir():
             raise ModelNotReady(f"registry {settings.registry} is not a directory")
         return {"ready": True}

@@ -157,6 +157,14 @@ class ModelRegistry:
                 return [str(v) for v in m.get("versions", [])]
         return []
 
+    async def preload(self) -> None:
+        """Load the latest version of every model (broken ones are logged and reported on their ready route)."""
+        for entry in await asyncio.to_thread(self.list):
+            try:
+                await self.get(entry["name"])
+            except (ModelNotFound, ModelNotReady):
+                pass
+
     def loaded(self) -> list[LoadedModel]:
         return [m for m in self._models.values() if isinstance(m, LoadedModel)]
 

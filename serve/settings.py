@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     upload_dir: Path | None = Field(None, description="where per-request upload folders go (default: the system temp dir)")
     max_zip_mb: float = Field(1000.0, gt=0, description="largest total unpacked size of an uploaded zip in MB")
 
-    # registry refresh and shutdown
+    # registry, startup and shutdown
+    preload: bool = Field(True, description="load the latest version of every model at startup (ready when done)")
     rescan_interval_s: float = Field(1.0, ge=0, description="at most one registry rescan per interval (mtime check)")
     graceful_timeout_s: float = Field(30.0, ge=0, description="how long shutdown waits for in-flight requests")
     log_level: str = "INFO"

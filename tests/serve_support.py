@@ -11,6 +11,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from serve.server import make_server
@@ -44,6 +45,9 @@ class ServerThread:
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
+        while httpx.get(f"{self.url}/v2/health/ready", timeout=30).status_code != 200:  # models preloaded
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
         return self
 
     @property

@@ -389,7 +389,7 @@ def test_cli_server_json_logs_key_revocation_and_sigterm(registry, tmp_path):
     env = {**os.environ, "BRAINFORGE_MAX_BATCH": "8"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "serve", "--registry", str(root), "--port", str(port),
-                                 "--api-keys", str(keys)], stderr=log, stdout=log, cwd=ROOT, env=env)
+                                 "--api-keys", str(keys), "--no-preload"], stderr=log, stdout=log, cwd=ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
