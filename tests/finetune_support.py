@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-FIXTURES = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "data"
 DEMO_TASK = FIXTURES / "demo_task.csv"
 
 
@@ -33,7 +34,7 @@ def tiny_tokenizer_package(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     prep = fit_preprocessing("recordings")
     items = []
-    for name, segments in (("test.edf", None), ("sample_audvis_5s_raw.fif", None), ("test_subsecond.edf", [(30.0, 46.0)])):
+    for name, segments in (("test.edf", None), ("test_subsecond.edf", [(30.0, 46.0)])):
         items += windows_from_raw(open_raw(FIXTURES / name), prep, name, segments=segments).items[:8]
     batch = WindowCollator(max_channels=32, seed=seed)(items)
     model = BrainTokenizer(TokenizerConfig.tiny())
@@ -63,8 +64,8 @@ def test_backbone_package(tokenizer_pkg: Path, out: Path, seed: int = 0) -> Path
 
 
 def fit_args(task: Path, backbone: Path | None, run: Path, config: str = "probe", *extra: str) -> list[str]:
-    args = ["fit", "-c", f"finetune/configs/{config}.yaml", "--data.path", str(task), "--data.batch_size", "4",
-            "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
+    args = ["fit", "-c", str(REPO / "finetune" / "configs" / f"{config}.yaml"), "--data.path", str(task), "--data.batch_size", "4",
+            "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger", "false", "--early_stopping_patience", "0"]
     if backbone is not None:
@@ -73,7 +74,7 @@ def fit_args(task: Path, backbone: Path | None, run: Path, config: str = "probe"
 
 
 def build_registry(root: Path, name: str = "demo") -> dict:
-    """Tokenizer + backbone packages, a probe fitted for 3 epochs on the demo task through the CLI (in-process),
+    """Tokenizer + backbone packages, a probe fitted for 2 epochs on the demo task through the CLI (in-process),
     exported to ``root/registry/NAME/1``. Returns the paths."""
     from finetune.__main__ import main
 
