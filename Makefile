@@ -45,6 +45,14 @@ demo: install
 	@echo "masked-token accuracy per level against the unigram floor, on the held-out recording:"
 	$(BIN)/python -m pretrain validate $(DEMO_PRETRAIN) --ckpt_path $(DEMO)/pretrain/checkpoints/last.ckpt
 	$(BIN)/python -m pretrain export $(DEMO)/pretrain --out $(DEMO)/backbone_pkg --overwrite
+	rm -rf $(DEMO)/finetune
+	@echo "fine-tuning a probe on the bundled labelled sample tests/data/demo_task.csv (which amplifier recorded a 2 s segment):"
+	$(BIN)/python -m finetune fit -c finetune/configs/probe.yaml --data.path tests/data/demo_task.csv \
+		--model.backbone $(DEMO)/backbone_pkg --data.batch_size 4 --trainer.max_epochs 8 \
+		--trainer.default_root_dir $(DEMO)/finetune --trainer.enable_progress_bar false
+	$(BIN)/python -m finetune export $(DEMO)/finetune --registry $(DEMO)/registry --name demo
+	@echo "predictions of the newest runs/demo/registry/demo version on a bundled recording:"
+	$(BIN)/python -m finetune predict --model $(DEMO)/registry/demo tests/data/test.edf
 
 lint: install
 	$(BIN)/ruff check .

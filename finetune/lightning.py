@@ -24,15 +24,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from data.dataset import WindowCollator
+from finetune.baselines import BASELINES, BaselineClassifier
 from finetune.errors import LabelError
 from finetune.metrics import ClassificationMetrics
-from finetune.model import (
-    BASELINES,
-    MODES,
-    BaselineClassifier,
-    FoundationClassifier,
-    HeadConfig,
-)
+from finetune.model import MODES, FoundationClassifier, HeadConfig
 from finetune.package import CHECKPOINT_KEY
 from pretrain.lightning import lr_factor
 
@@ -191,6 +186,10 @@ class FinetuneModule(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         baseline: ``eegnet`` | ``shallow`` | ``labram``: train this braindecode model from scratch instead
             (backbone ignored); baseline_lr / baseline_kwargs configure it.
+        cache_features: ``probe`` only: the frozen tokenizer + backbone give the same hidden states for an item
+            every epoch, so they are computed once per item (keyed by recording and t0_s) and kept in memory,
+            up to feature_cache_mb; the head still trains on them with dropout. Off when items are channel-
+            subsampled (--data.max_channels).
     """
 
     def __init__(
@@ -217,6 +216,8 @@ class FinetuneModule(L.LightningModule):
         baseline: str | None = None,
         baseline_lr: float = 1e-3,
         baseline_kwargs: dict[str, Any] | None = None,
+        cache_features: bool = True,
+        feature_cache_mb: int = 2048,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -229,6 +230,8 @@ class FinetuneModule(L.LightningModule):
         self.model: FoundationClassifier | BaselineClassifier | None = None
         self.facts: dict[str, Any] = {}
         self.last_eval: dict[str, dict] = {}
+        self._cache: dict[tuple, Tensor] | None = None
+        self._cache_bytes = 0
 
     # --- building -------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -238,6 +241,9 @@ class FinetuneModule(L.LightningModule):
         if dm is None or getattr(dm, "task", None) is None:
             raise RuntimeError("FinetuneModule needs a FinetuneDataModule (set up before the model)")
         self.build(dm.classes, dm.train_class_counts(), dm.task.preprocessing, dm.channels(), dm.channel_counts(), dm.facts())
+        hp = self.hparams
+        if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels:
+            self._cache = {}
 
     def build(self, classes: list[str], train_counts: np.ndarray, preprocessing, channels: list[str] | None,
               channel_counts: set[int], task_facts: dict[str, Any]) -> None:
@@ -276,7 +282,29 @@ class FinetuneModule(L.LightningModule):
 
     # --- steps ----------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> Tensor:
+        if self._cache is not None:
+            hidden = self._cached_features(batch)
+            if hidden is not None:
+                return self.model.head(hidden)
         return self.model(batch["signal"], batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+
+    def _cached_features(self, batch: dict) -> Tensor | None:
+        """Probe mode: frozen hidden states [B, N, F, D] per item, computed once (see ``cache_features``)."""
+        keys = [(r, t) for r, t in zip(batch.get("recording") or [], batch.get("t0_s") or [], strict=False)]
+        if len(keys) != len(batch["signal"]) or any(r is None or t is None for r, t in keys):
+            return None
+        if any(k not in self._cache for k in keys):
+            with torch.no_grad():
+                hidden = self.model.features(batch["signal"], batch["types"], batch["positions"], batch["orientations"],
+                                             batch["channel_mask"])  # fmt: skip
+            if self._cache_bytes + hidden.numel() * hidden.element_size() > self.hparams.feature_cache_mb * 2**20:
+                return hidden
+            for k, h in zip(keys, hidden, strict=True):
+                if k not in self._cache:
+                    self._cache[k] = h
+                    self._cache_bytes += h.numel() * h.element_size()
+            return hidden
+        return torch.stack([self._cache[k] for k in keys])
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), target, weight=self.class_weights.to(logits.device),

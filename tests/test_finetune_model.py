@@ -316,3 +316,34 @@ def test_baseline_on_the_same_splits_exported_beside_the_model(epochs_task, mode
     assert len(predictor.prepare_raw(open_raw(eeg), "x").layout) == n_eeg
     with pytest.raises(ChannelMismatchError, match="EEG 001"):
         predict_path(predictor, FIXTURES / "test.edf")
+
+
+def test_lora_adapters_are_merged_on_export(model_registry, tmp_path):
+    """A LoRA checkpoint (adapters with non-zero weights) exports to a plain package that predicts the same."""
+    from finetune.lightning import load_foundation
+    from finetune.model import add_lora
+    from finetune.package import CHECKPOINT_KEY, export_run
+
+    ckpt = torch.load(model_registry["run"] / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    facts = dict(ckpt[CHECKPOINT_KEY], mode="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    model, _ = load_foundation(str(model_registry["backbone"]), None, HeadConfig(n_classes=2), "latents")
+    add_lora(model.backbone, 4, 8, 0.0)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    model.eval()
+    facts["model"] = model.config_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CHECKPOINT_KEY: facts},
+               tmp_path / "lora.ckpt")  # fmt: skip
+    out = export_run(tmp_path / "lora.ckpt", tmp_path / "registry", "lora")
+    package = load_model_package(out)
+    assert not any("lora" in k for k in package.model.state_dict())
+    predictor = Predictor(package)
+    items = predictor.prepare_raw(open_raw(FIXTURES / "test.edf"), "edf").items[:2]
+    b = predictor._collate(items)
+    with torch.no_grad():
+        ref = torch.softmax(model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"]), -1)
+        plain = model.backbone.blocks[0].spatial.qkv.base_layer.weight
+    np.testing.assert_allclose(predictor.predict_items(items), ref.numpy(), atol=1e-5)
+    assert not torch.allclose(package.model.backbone.blocks[0].spatial.qkv.weight, plain)  # the adapter was merged in
