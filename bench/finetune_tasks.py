@@ -38,6 +38,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +60,32 @@ REFERENCE = {
     "EyesOpenShut": {"MiniRocket": "0.571 ± 0.039", "EEGNet": "0.484 ± 0.074", "ShallowFBCSPNet": "0.524 ± 0.067"},
 }
 MODELS = ("probe", "full", "eegnet")
-#: model -> (config, max_epochs, early-stopping patience in validation epochs, hard cap per fit DD:HH:MM:SS)
-BUDGET = {
-    "probe": ("finetune/configs/probe.yaml", 20, 6, "00:00:04:00"),
-    "full": ("finetune/configs/full.yaml", 20, 6, "00:00:04:00"),
-    "eegnet": ("finetune/configs/full.yaml", 100, 20, "00:00:03:00"),
+CONFIG = {"probe": "finetune/configs/probe.yaml", "full": "finetune/configs/full.yaml", "eegnet": "finetune/configs/full.yaml"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one fit may spend: epochs, early-stopping patience (validation epochs), a hard cap on the training
+    time (``--trainer.max_time``, a safety net: the best checkpoint so far is then tested) and extra CLI options."""
+
+    epochs: int
+    patience: int
+    max_time: str
+    extra: tuple[str, ...] = ()
+
+
+#: (set name, model) -> budget. The foundation models cost ~100x EEGNet per step (a 8-layer d256 backbone over
+#: 16 latents x frames on 2 shared CPU cores), and an SCP1 item (3.5 s = 14 frames) ~3.5x an EyesOpenShut item
+#: (1 s = 4 frames): SCP1 gets few epochs (7 steps each), with the warm-up shortened to match.
+BUDGETS: dict[tuple[str, str], Budget] = {
+    ("SCP1", "probe"): Budget(4, 3, "00:00:08:00", ("--model.warmup_steps", "2")),
+    ("SCP1", "full"): Budget(3, 2, "00:00:10:00", ("--model.warmup_steps", "2")),
+    ("SCP1", "eegnet"): Budget(80, 20, "00:00:05:00"),
+    ("EyesOpenShut", "probe"): Budget(20, 6, "00:00:05:00"),
+    ("EyesOpenShut", "full"): Budget(15, 5, "00:00:05:00"),
+    ("EyesOpenShut", "eegnet"): Budget(80, 20, "00:00:05:00"),
+    ("audvis", "full"): Budget(5, 5, "00:00:05:00"),
+    ("audvis", "eegnet"): Budget(20, 20, "00:00:03:00"),
 }
 QUICK_EPOCHS = 2
 METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted", "auroc")
@@ -95,13 +117,13 @@ def mean_std(xs: list[float]) -> str:
 
 
 def fit_args(set_file: str, model: str, seed: int, backbone: Path, run: Path, quick: bool) -> list[str]:
-    config, epochs, patience, max_time = BUDGET[model]
-    args = ["-m", "finetune", "fit", "-c", config, "--data.path", rel(TASKS / set_file)]
+    b = BUDGETS[(SETS.get(set_file, "audvis"), model)]
+    args = ["-m", "finetune", "fit", "-c", CONFIG[model], "--data.path", rel(TASKS / set_file)]
     args += ["--model.baseline", "eegnet"] if model == "eegnet" else ["--model.backbone", rel(backbone)]
     args += ["--seed_everything", str(seed), "--data.seed", str(seed),
              "--trainer.default_root_dir", rel(run),
-             "--trainer.max_epochs", str(QUICK_EPOCHS if quick else epochs),
-             "--early_stopping_patience", str(patience), "--trainer.max_time", max_time,
+             "--trainer.max_epochs", str(QUICK_EPOCHS if quick else b.epochs),
+             "--early_stopping_patience", str(b.patience), "--trainer.max_time", b.max_time, *b.extra,
              "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false"]
     return args
@@ -171,6 +193,7 @@ def run_fit(set_file: str, model: str, seed: int, backbone: Path, out: Path, qui
     run.mkdir(parents=True, exist_ok=True)
     (run / "bench_output_tail.log").write_text(child.output_tail)
     rec = {"set": set_file, "name": name, "model": model, "seed": seed, "args": args, "command": command(args),
+           "backbone": None if model == "eegnet" else rel(backbone),
            "returncode": child.returncode, "wall_s": child.wall_s, "peak_rss": child.peak_rss_max_process,
            "run": rel(run), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     if child.returncode == 0 and (run / "test_metrics.json").is_file():
@@ -295,8 +318,10 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
                      table + "\n\nReference numbers from `../shared/data/tasks/README.md` (official split, 3 seeds, test "
                      "balanced accuracy; not re-measured here):\n\n" + refs + "\n\nAim: `full` at least matches EEGNet "
                      "on every set.\n\n" + "\n".join(verdicts(means))))
-    budget = _common.table(["model", "config", "max epochs", "early-stopping patience (val epochs)", "hard cap per fit"],
-                           [[m, f"`{c}`", QUICK_EPOCHS if quick else e, p, t] for m, (c, e, p, t) in BUDGET.items()])
+    budget = _common.table(["set", "model", "config", "max epochs", "early-stopping patience (val epochs)",
+                            "hard cap on training time", "other options"],
+                           [[n, m, f"`{CONFIG[m]}`", QUICK_EPOCHS if quick else b.epochs, b.patience, b.max_time,
+                             " ".join(b.extra) or "-"] for (n, m), b in BUDGETS.items()])
     sections.append(("Budget per fit", budget + "\n\nEverything else is the config's: batch 32, AdamW, warm-up 10 steps then "
                      "cosine decay; `probe` lr 1e-3 (head only), `full` lr 5e-4 with layer decay 0.75, EEGNet lr 1e-3; "
                      "class-weighted cross-entropy; the checkpoint with the best `val/selection` (validation balanced "
@@ -305,15 +330,16 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
     for r in sorted(records, key=lambda r: (r["name"], MODELS.index(r["model"]) if r["model"] in MODELS else 9, r["seed"])):
         if "test" not in r:
             per_seed.append([r["name"], r["model"], r["seed"], "FAILED", "", "", "", "", "", "", f"{r['wall_s'] / 60:.1f}",
-                             _common.fmt_mb(r["peak_rss"])])
+                             _common.fmt_mb(r["peak_rss"]), r["finished"][11:16]])
             continue
         t = r["test"]
         per_seed.append([r["name"], r["model"], r["seed"], fmt(t["balanced_accuracy"]), fmt(t["cohen_kappa"]),
                          fmt(t["f1_weighted"]), fmt(t["auroc"]), fmt(r["val"]["balanced_accuracy"]),
                          r["epochs_run"], r["best_epoch"] if r["best_epoch"] is not None else "-",
-                         f"{r['wall_s'] / 60:.1f}", _common.fmt_mb(r["peak_rss"])])
+                         f"{r['wall_s'] / 60:.1f}", _common.fmt_mb(r["peak_rss"]), r["finished"][11:16]])
     sections.append(("Per seed", _common.table(["set", "model", "seed", "test bal. acc.", "kappa", "weighted F1", "AUROC",
-                                                "val bal. acc.", "epochs run", "best epoch", "wall (min)", "peak RSS"],
+                                                "val bal. acc.", "epochs run", "best epoch", "wall (min)", "peak RSS",
+                                                "finished (UTC)"],
                                                per_seed)
                      + "\n\n`audvis` = `mne_sample_audvis.csv`: a smoke check of the CSV + MEG path only (29 segments, "
                      "no official split, split stratified by label): **no quality claim**."))
@@ -386,7 +412,9 @@ def main() -> None:
              "backbone_facts": backbone_facts(backbone), "backbone_note": note, "records": [], "complete": False}
     if a.resume and (out / "records.json").is_file():
         old = json.loads((out / "records.json").read_text())
-        state["records"] = [r for r in old["records"] if "test" in r]
+        # keep finished fits; a foundation fit only if it used this backbone
+        state["records"] = [r for r in old["records"] if "test" in r and r.get("backbone") in (None, rel(backbone))
+                            and (r["set"], r["model"], r["seed"]) in set(plan)]
     state["set_facts"] = {SETS[s]: set_facts(s) for s in a.sets}
     done = {(r["set"], r["model"], r["seed"]) for r in state["records"]}
     t0 = time.perf_counter()
