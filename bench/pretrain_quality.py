@@ -1,0 +1,407 @@
+"""Benchmark of masked-token pretraining quality: does the `tiny` backbone, after a bounded CPU run, predict
+masked tokens of held-out real recordings better than the unigram floor, on every RVQ level?
+
+Run from the repository root::
+
+    .venv/bin/python bench/pretrain_quality.py                 # ~15 min of training on CPU, ~20 min in all
+    .venv/bin/python bench/pretrain_quality.py --quick         # smoke run, 10 steps; writes under runs/bench only
+    .venv/bin/python bench/pretrain_quality.py --analyse-only  # rebuild the report from the last run, no training
+
+It does, through the real command lines, and writes ``bench/results/pretrain.md``:
+
+1. Reuses the tokenizer benchmark's package and window shards (``runs/bench/tokenizer_quality/package``,
+   ``shards_train``, ``shards_heldout``: real recordings of ``../shared/data/recordings`` split by
+   recording, see ``bench/tokenizer_quality.py``). If they are missing it makes them first, the same way:
+   ``python -m data prepare`` on each side, ``python -m tokenizer fit -c tokenizer/configs/small.yaml``
+   (``--tokenizer-steps``, default 200) and ``python -m tokenizer export``.
+2. ``python -m tokenizer encode`` of both sides into token shards.
+3. ``python -m pretrain fit -c pretrain/configs/tiny.yaml`` on the training tokens, bounded by
+   ``--trainer.max_steps`` (default 200) and ``--trainer.max_time`` (hard cap, default 18 min); warm-up =
+   10% of the steps, cosine decay to the end. Batches of ``--batch-size`` (default 8, half the config's 16,
+   so that twice as many steps fit on 2 shared cores). Segments are ``--segment-windows`` (default 2) windows =
+   16 frames = 4 s instead of the config's 10 s, so that a step costs ~2.5x less and most of the short
+   held-out recordings fill a whole segment. The held-out tokens are given as ``--data.val_tokens``: they
+   are only *measured* once per epoch (no early stopping, no checkpoint selection), to draw the curve.
+4. ``python -m pretrain validate`` of the last checkpoint on the held-out tokens (the floor there is the
+   checkpoint's own unigram predictor, counted on the training tokens it saw).
+5. ``python -m pretrain export RUN --out runs/bench/pretrain/backbone_pkg`` (fine-tuning reuses it).
+6. In-process, from the exported package: per-level masked-token accuracy, perplexity and both floors
+   averaged over several fresh masks, on the held-out tokens and on the training tokens.
+
+The unigram floor predicts, on each level, the code most frequent in the *training* tokens; the "held-out
+oracle" floor cheats by using the held-out set's own most frequent code (a stricter floor). The unigram
+perplexity is that of the training code histogram (add-one smoothed) on the held-out codes. Run outputs go
+to ``runs/bench/pretrain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import _common  # noqa: E402
+
+TOKQ = ROOT / "runs" / "bench" / "tokenizer_quality"
+RESULTS = ROOT / "bench" / "results" / "pretrain.md"
+WHAT = __doc__.split("``bench/results/pretrain.md``:\n\n")[1].split("\n\nThe unigram floor")[0]
+FLOOR_NOTE = "The unigram floor" + __doc__.split("\n\nThe unigram floor")[1].split(" Run outputs")[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path, ROOT)
+    except ValueError:
+        return str(path)
+
+
+class Step:
+    """One child command, run and measured (wall time, peak RSS of its largest process); kept for the
+    report and saved in ``steps.json`` so that ``--analyse-only`` can report it."""
+
+    log: list[Step] = []
+
+    def __init__(self, name: str, args: list[str], record: dict | None = None) -> None:
+        self.name, self.args = name, [str(a) for a in args]
+        self.output_tail = ""
+        if record is not None:
+            self.wall_s, self.peak_rss = record["wall_s"], record["peak_rss"]
+            self.output_tail = record.get("output_tail", "")
+            Step.log.append(self)
+            return
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
+        run = _common.run_measured([sys.executable, *self.args], cwd=ROOT)
+        self.wall_s, self.peak_rss, self.output_tail = run.wall_s, run.peak_rss_max_process, run.output_tail
+        Step.log.append(self)
+        print(f"    {run.wall_s / 60:.1f} min, rc {run.returncode}, peak RSS {_common.fmt_mb(self.peak_rss)}", flush=True)
+        if run.returncode != 0:
+            raise SystemExit(f"{name} failed (rc {run.returncode}):\n{run.output_tail}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "args": self.args, "wall_s": self.wall_s, "peak_rss": self.peak_rss,
+                "output_tail": self.output_tail[-1500:]}
+
+    @property
+    def command(self) -> str:
+        return " ".join([".venv/bin/python", *(f"'{a}'" if " " in a else a for a in self.args)])
+
+
+def fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def ensure_tokenizer_inputs(tokenizer_steps: int) -> tuple[Path, Path, Path, bool]:
+    """(package, train shards, held-out shards, made_here): reuse the tokenizer bench's, else make them."""
+    package, train, held = TOKQ / "package", TOKQ / "shards_train", TOKQ / "shards_heldout"
+    if (package / "model.safetensors").is_file() and (train / "manifest.json").is_file() and (held / "manifest.json").is_file():
+        return package, train, held, False
+    import tokenizer_quality as tq  # the same split by recording as the tokenizer benchmark
+
+    train_inputs, held_inputs, _ = tq.split_inputs()
+    Step("prepare training set (fallback)", ["-m", "data", "prepare", *map(rel, train_inputs), "--out", rel(train), "--overwrite", "--quiet"])
+    Step("prepare held-out set (fallback)", ["-m", "data", "prepare", *map(rel, held_inputs), "--out", rel(held), "--overwrite", "--quiet"])
+    run = TOKQ / "run"
+    Step("fit tokenizer (fallback)", ["-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml", "--data.train", rel(train),
+                                      "--trainer.max_steps", tokenizer_steps, "--trainer.default_root_dir", rel(run),
+                                      "--trainer.enable_progress_bar", "false"])
+    Step("export tokenizer (fallback)", ["-m", "tokenizer", "export", rel(run), "--out", rel(package), "--overwrite"])
+    return package, train, held, True
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-process evaluation from the exported package
+
+
+def code_histogram(tokens: Path, levels: int, k: int) -> torch.Tensor:
+    """Counts [L, K] of every code of every window of a token shard directory."""
+    from pretrain.data import SegmentDataset
+
+    ds = SegmentDataset(tokens, segment_windows=1, shuffle=False)
+    counts = torch.zeros(levels, k, dtype=torch.long)
+    for i in range(len(ds)):
+        idx = ds[i]["indices"].reshape(-1, levels)
+        for lv in range(levels):
+            counts[lv] += torch.bincount(idx[:, lv], minlength=k)
+    return counts
+
+
+@torch.no_grad()
+def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds: list[int],
+             train_counts: torch.Tensor, batch_size: int = 16) -> dict:
+    """Per level, over all segments of ``tokens`` and one fresh mask per segment and seed: model accuracy,
+    perplexity (exp of mean cross-entropy), unigram floor accuracy (training argmax), held-out oracle floor
+    (this set's own argmax), unigram perplexity (training histogram, add-one), and the masked count."""
+    import torch.nn.functional as F
+
+    from pretrain.data import SegmentDataset, collate_segments
+    from pretrain.model import sample_mask
+
+    cfg = model.config
+    lv_n, k = cfg.rvq_levels, cfg.codebook_size
+    own = code_histogram(tokens, lv_n, k)
+    train_best, own_best = train_counts.argmax(1), own.argmax(1)
+    logp_uni = torch.log((train_counts.double() + 1) / (train_counts.sum(1, keepdim=True).double() + k))  # [L, K]
+    ds = SegmentDataset(tokens, segment_windows=segment_windows, shuffle=False)
+    items = [ds[i] for i in range(len(ds))]
+    correct = torch.zeros(lv_n, dtype=torch.float64)
+    top5 = torch.zeros(lv_n, dtype=torch.float64)
+    ce = torch.zeros(lv_n, dtype=torch.float64)
+    floor = torch.zeros(lv_n, dtype=torch.float64)
+    oracle = torch.zeros(lv_n, dtype=torch.float64)
+    uni_ce = torch.zeros(lv_n, dtype=torch.float64)
+    n = 0
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        for lo in range(0, len(items), batch_size):
+            batch = collate_segments(items[lo:lo + batch_size])
+            mask = sample_mask(batch["valid"], cfg.n_latent, mask_ratio, g)
+            logits = model(batch["indices"], mask, batch["valid"]).float()  # [M, L, K]
+            tgt = batch["indices"][mask]  # [M, L]
+            correct += (logits.argmax(-1) == tgt).double().sum(0)
+            top5 += (logits.topk(5, dim=-1).indices == tgt[..., None]).any(-1).double().sum(0)
+            ce += F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view(-1, lv_n).double().sum(0)
+            floor += (tgt == train_best[None]).double().sum(0)
+            oracle += (tgt == own_best[None]).double().sum(0)
+            uni_ce += -torch.stack([logp_uni[lv, tgt[:, lv]] for lv in range(lv_n)], 1).sum(0)
+            n += tgt.shape[0]
+    out = {"masked_positions": n, "segments": len(items), "seeds": seeds, "levels": []}
+    for lv in range(lv_n):
+        acc, fl = float(correct[lv] / n), float(floor[lv] / n)
+        se = math.sqrt(max(acc * (1 - acc), fl * (1 - fl), 1e-12) / n)  # binomial s.e. (masks repeat positions)
+        out["levels"].append({
+            "acc": acc, "top5": float(top5[lv] / n), "ppl": math.exp(float(ce[lv] / n)), "floor": fl,
+            "oracle_floor": float(oracle[lv] / n), "unigram_ppl": math.exp(float(uni_ce[lv] / n)), "se": se,
+            "codes_used": int((own[lv] > 0).sum()), "top_code_share": float(own[lv].max() / own[lv].sum()),
+        })
+    return out
+
+
+def read_curve(metrics_csv: Path, levels: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, val rows) of the run's metrics.csv: step, acc/floor/ppl per level, loss."""
+    if not metrics_csv.is_file():
+        return [], []
+    train, val = [], []
+    for r in csv.DictReader(metrics_csv.open()):
+        for stage, rows in (("train", train), ("val", val)):
+            if r.get(f"{stage}/loss"):
+                rows.append({"step": int(r["step"]), "loss": float(r[f"{stage}/loss"]),
+                             **{f"{m}{lv}": float(r[f"{stage}/{m}_l{lv}"]) for lv in range(levels) for m in ("acc_l", "floor_acc_l", "ppl_l")
+                                if r.get(f"{stage}/{m}_l{lv}")}})
+    return train, val
+
+
+def mean_rows(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path, args, quick: bool) -> dict:
+    tok_train, tok_held = out / "tokens_train", out / "tokens_heldout"
+    run, val_dir, pkg = out / "run", out / "validate", out / "backbone_pkg"
+    Step("encode training tokens", ["-m", "tokenizer", "encode", "--tokenizer", rel(package), "--shards", rel(train_shards),
+                                    "--out", rel(tok_train), "--overwrite", "--quiet"])
+    Step("encode held-out tokens", ["-m", "tokenizer", "encode", "--tokenizer", rel(package), "--shards", rel(held_shards),
+                                    "--out", rel(tok_held), "--overwrite", "--quiet"])
+    common = ["-c", "pretrain/configs/tiny.yaml", "--data.tokens", rel(tok_train), "--data.val_tokens", rel(tok_held),
+              "--model.tokenizer", rel(package), "--data.segment_windows", args.segment_windows,
+              "--data.batch_size", args.batch_size]
+    extra = []
+    if args.lr is not None:
+        extra += ["--model.lr", args.lr]
+    if args.embedding is not None:
+        extra += ["--model.embedding", args.embedding]
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    warmup = max(1, round(0.1 * args.max_steps))
+    fit = Step("fit tiny backbone", ["-m", "pretrain", "fit", *common, *extra, "--trainer.max_steps", args.max_steps,
+                                     "--trainer.max_time", args.max_time, "--model.warmup_steps", warmup,
+                                     "--trainer.default_root_dir", rel(run), "--checkpoint_every_n_steps", 100,
+                                     "--trainer.enable_progress_bar", "false"])
+    if val_dir.exists():
+        import shutil
+
+        shutil.rmtree(val_dir)
+    Step("validate on held-out tokens", ["-m", "pretrain", "validate", *common, *extra, "--trainer.default_root_dir", rel(val_dir),
+                                         "--ckpt_path", rel(run / "checkpoints" / "last.ckpt"), "--trainer.enable_progress_bar", "false"])
+    Step("export backbone package", ["-m", "pretrain", "export", rel(run), "--out", rel(pkg), "--overwrite"])
+    return {"fit_wall_s": fit.wall_s, "warmup": warmup}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run (10 steps, 1 eval mask); results under runs/bench only")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (default 200, --quick 10); warm-up 10%% of them")
+    p.add_argument("--max-time", default=None, help="hard cap on training DD:HH:MM:SS (default 00:00:18:00, --quick 00:00:03:00)")
+    p.add_argument("--segment-windows", type=int, default=2, help="2 s windows per segment (default 2 = 4 s = 16 frames)")
+    p.add_argument("--batch-size", type=int, default=8, help="segments per step (default 8; the config's 16 halves the steps that fit)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
+    p.add_argument("--embedding", choices=("codebook", "learned"), default=None, help="input embedding (default: the config's)")
+    p.add_argument("--eval-seeds", type=int, default=None, help="fresh masks per segment in the in-process evaluation (default 4, --quick 1)")
+    p.add_argument("--tokenizer-steps", type=int, default=200, help="tokenizer training steps, only if its package must be made")
+    p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/pretrain[_quick])")
+    p.add_argument("--analyse-only", action="store_true", help="rebuild the report from the last run's outputs, no training")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.max_steps = args.max_steps or (10 if quick else 200)
+    args.max_time = args.max_time or ("00:00:03:00" if quick else "00:00:18:00")
+    seeds = list(range(args.eval_seeds or (1 if quick else 4)))
+    out = args.out or ROOT / "runs" / "bench" / ("pretrain_quick" if quick else "pretrain")
+    results = out / "pretrain.md" if quick else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    steps_file = out / "steps.json"
+    t_start = time.perf_counter()
+    machine = _common.machine_description(("numpy", "torch", "lightning", "litdata"))
+
+    if args.analyse_only:
+        if not steps_file.is_file():
+            raise SystemExit(f"--analyse-only: no {steps_file}; run without it first")
+        saved = json.loads(steps_file.read_text())
+        for rec in saved["steps"]:
+            Step(rec["name"], rec["args"], record=rec)
+        original_command, info, made_here = saved["command"], saved["info"], saved["made_here"]
+        machine = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
+        package, train_shards, held_shards = TOKQ / "package", TOKQ / "shards_train", TOKQ / "shards_heldout"
+        args.max_steps, args.max_time, args.segment_windows = saved["max_steps"], saved["max_time"], saved["segment_windows"]
+        args.batch_size = saved.get("batch_size", args.batch_size)
+    else:
+        package, train_shards, held_shards, made_here = ensure_tokenizer_inputs(args.tokenizer_steps)
+        info = run_pipeline(out, package, train_shards, held_shards, args, quick)
+        original_command = _common.command_line()
+        machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        steps_file.write_text(json.dumps({"command": original_command, "machine": machine, "info": info, "made_here": made_here,
+                                          "max_steps": args.max_steps, "max_time": args.max_time,
+                                          "segment_windows": args.segment_windows, "batch_size": args.batch_size,
+                                          "steps": [s.to_dict() for s in Step.log]}, indent=1))
+
+    # --- in-process evaluation -------------------------------------------------------------------
+    from pretrain.package import load_backbone
+
+    t0 = time.perf_counter()
+    pkg = load_backbone(out / "backbone_pkg")
+    model, cfg = pkg.model, pkg.model.config
+    mask_ratio = float(pkg.meta["training"].get("mask_ratio") or 0.5)
+    steps_done = pkg.meta["training"].get("global_step")
+    train_counts = code_histogram(out / "tokens_train", cfg.rvq_levels, cfg.codebook_size)
+    held = evaluate(model, out / "tokens_heldout", args.segment_windows, mask_ratio, seeds, train_counts)
+    print(f"held-out evaluated ({held['masked_positions']:,} masked positions)", flush=True)
+    train_eval = evaluate(model, out / "tokens_train", args.segment_windows, mask_ratio, seeds[:1], train_counts)
+    t_inproc = time.perf_counter() - t0
+    (out / "eval.json").write_text(json.dumps({"heldout": held, "train": train_eval}, indent=1))
+    wall = time.perf_counter() - t_start
+    if args.analyse_only:
+        wall = sum(s.wall_s for s in Step.log) + t_inproc
+
+    # --- report --------------------------------------------------------------------------------------
+    levels = cfg.rvq_levels
+    fit = next(s for s in Step.log if s.name == "fit tiny backbone")
+    train_curve, val_curve = read_curve(out / "run" / "metrics.csv", levels)
+    _, cli_val = read_curve(out / "validate" / "metrics.csv", levels)
+    cli_val = cli_val[-1] if cli_val else {}
+    tm = {s: json.loads((out / f"tokens_{s}" / "manifest.json").read_text()) for s in ("train", "heldout")}
+    seg_frames = args.segment_windows * tm["train"]["token_shape"][1]
+    import yaml
+
+    batch = int(yaml.safe_load((out / "run" / "config.yaml").read_text())["data"]["batch_size"])
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    verdict = []
+    for r in held["levels"]:
+        margin = r["acc"] - r["floor"]
+        verdict.append("beats" if margin > 2 * r["se"] else "does NOT beat" if margin <= 0 else "ties (within 2 s.e.)")
+    n_beat = sum(v == "beats" for v in verdict)
+    summary_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['oracle_floor']:.2%}", f"{r['acc'] / max(r['floor'], 1e-9):.1f}x",
+                     f"{r['top5']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}", verdict[lv]]
+                    for lv, r in enumerate(held["levels"])]
+    summary_head = ["level", "accuracy", "unigram floor", "held-out oracle floor", "acc / floor", "top-5 acc", "perplexity",
+                    "unigram perplexity", "vs floor"]
+    train_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}"]
+                  for lv, r in enumerate(train_eval["levels"])]
+    cli_rows = [[lv, fmt(cli_val.get(f"acc_l{lv}"), ".2%"), fmt(cli_val.get(f"floor_acc_l{lv}"), ".2%"),
+                 fmt(cli_val.get(f"ppl_l{lv}"), ".0f")] for lv in range(levels)]
+    curve_rows = []
+    for r in val_curve:
+        near = [t for t in train_curve if abs(t["step"] - r["step"]) <= 10]
+        curve_rows.append([r["step"], *[f"{mean_rows(near, f'acc_l{lv}'):.2%} / {r.get(f'acc_l{lv}', float('nan')):.2%}"
+                                        for lv in range(levels)], f"{mean_rows(near, 'loss'):.3f} / {r['loss']:.3f}"])
+    fit_min = fit.wall_s / 60
+    stopped_early = steps_done is not None and steps_done < args.max_steps
+    manifests = "\n\n".join(
+        f"{side}: {tm[s]['n_windows']} windows, token shape {tm[s]['token_shape']} (latents x frames x levels) per 2 s window; "
+        + ", ".join(f"`{r['recording'].split('/')[-1]}` {r['stop'] - r['start']}" for r in tm[s]["recordings"])
+        for side, s in (("Training tokens", "train"), ("Held-out tokens", "heldout")))
+    diag = [
+        f"- **Budget.** {steps_done} optimizer steps of {batch} segments x {cfg.n_latent} latents x {seg_frames} frames "
+        f"= {batch * cfg.n_latent * seg_frames:,} positions ({int(batch * cfg.n_latent * seg_frames * mask_ratio):,} masked) per step, "
+        f"{fit_min:.1f} min of `fit` wall time including start-up and the per-epoch held-out measurement "
+        f"(~{fit.wall_s / max(1, steps_done or 1):.1f} s/step on this shared 2-core CPU); "
+        f"{(steps_done or 0) * batch / max(1, tm['train']['n_windows']):.1f} passes over {tm['train']['n_windows']} training anchors. "
+        + ("The time cap stopped training before max_steps (the cosine schedule did not finish)." if stopped_early else "The cosine schedule ran to its end."),
+        f"- **Model.** `tiny`: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, embedding `{cfg.embedding}`, "
+        f"{n_params / 1e6:.2f} M trainable parameters.",
+        "- **Floors.** Held-out codes per level: " + "; ".join(
+            f"L{lv} uses {r['codes_used']} of {cfg.codebook_size} codes, the commonest is {r['top_code_share']:.1%} of positions"
+            for lv, r in enumerate(held["levels"])) + ". The training argmax scores " + ", ".join(
+            f"{r['floor']:.2%}" for r in held["levels"]) + " on them (levels 0..); the held-out set's own argmax " + ", ".join(
+            f"{r['oracle_floor']:.2%}" for r in held["levels"]) + ".",
+        "- **Fit vs generalisation.** Accuracy on the training tokens (1 mask): " + ", ".join(
+            f"L{lv} {r['acc']:.2%}" for lv, r in enumerate(train_eval["levels"])) + "; on held-out: " + ", ".join(
+            f"L{lv} {r['acc']:.2%}" for lv, r in enumerate(held["levels"])) + ".",
+        f"- **Uncertainty.** {held['masked_positions']:,} masked held-out positions ({held['segments']} segments x {len(seeds)} masks); "
+        "binomial standard error per level: " + ", ".join(f"{r['se']:.2%}" for r in held["levels"])
+        + " ('beats' = accuracy above the floor by more than 2 s.e.).",
+    ]
+    sections = [
+        ("Summary",
+         f"After {steps_done} steps ({fit_min:.1f} min of CPU `fit` wall time) of `tiny`, masked-token accuracy on held-out "
+         f"real recordings {'beats the unigram floor on all ' + str(levels) + ' levels' if n_beat == levels else f'beats the unigram floor on {n_beat} of {levels} levels'} "
+         f"(mask ratio {mask_ratio:g}, segments of {args.segment_windows} x 2 s = {seg_frames} frames, {len(seeds)} fresh masks per segment):"
+         + "\n\n" + _common.table(summary_head, summary_rows)
+         + ("\n\nQUICK smoke run: not a result." if quick else "")),
+        ("What was done", WHAT + "\n\n" + FLOOR_NOTE + "."
+         + ("\n\nThe tokenizer package and window shards were MISSING and were made by this run (fallback steps below)." if made_here else "")),
+        ("Commands", ("```\n" + original_command + "\n```\n\n"
+                      + (f"(this report was rebuilt from that run's outputs by `{_common.command_line()}`)\n\n" if args.analyse_only else ""))
+         + "which ran, in order (wall time, peak RSS of the largest process):\n\n"
+         + "\n\n".join(f"{s.name} ({s.wall_s / 60:.1f} min, {_common.fmt_mb(s.peak_rss)}):\n\n```\n{s.command}\n```" for s in Step.log)
+         + f"\n\nIn-process evaluation: {t_inproc / 60:.1f} min. Whole script: {wall / 60:.1f} min wall."),
+        ("Machine", _common.machine_table(machine) + "\n\nThe 2 cores are shared with other engineers' runs; the load averages "
+         "show how busy the machine was, which sets how many steps fit in the time cap."),
+        ("Data (split by recording, see bench/results/tokenizer_quality.md)", manifests
+         + f"\n\nTokenizer package: `{rel(package)}` ({json.loads((package / 'config.json').read_text()).get('training', {}).get('global_step', '?')} "
+           "training steps of `small`; its held-out reconstruction quality is in bench/results/tokenizer_quality.md)."),
+        ("Held-out, python -m pretrain validate (one mask per segment)",
+         _common.table(["level", "accuracy", "unigram floor (checkpoint's histogram)", "perplexity"], cli_rows)
+         + (f"\n\nval/loss {cli_val['loss']:.4f}." if cli_val else "")),
+        ("Training tokens, in-process (same package, 1 mask)",
+         _common.table(["level", "accuracy", "unigram floor", "perplexity", "unigram perplexity"], train_rows)),
+        ("Learning curve (train, mean of logs within 10 steps / held-out at each epoch end)",
+         _common.table(["step", *[f"acc L{lv} train / held-out" for lv in range(levels)], "loss train / held-out"], curve_rows)
+         if curve_rows else "(no per-epoch validation logged)"),
+        ("Diagnosis (facts measured in this run)", "\n".join(diag)),
+    ]
+    path = _common.write_markdown(results, "Benchmark: masked-token pretraining quality (held-out recordings)", sections)
+    print("\n" + _common.table(summary_head, summary_rows))
+    print(f"\nwall time {wall / 60:.1f} min; wrote {rel(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
