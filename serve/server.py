@@ -3,6 +3,8 @@ requests, then drain the batchers), no uvicorn access log (ours carries request 
 
 from __future__ import annotations
 
+import signal
+
 import uvicorn
 
 from serve.observability import setup_logging
@@ -24,4 +26,8 @@ def make_server(settings: Settings, configure_logging: bool = True) -> uvicorn.S
 
 
 def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT; after the graceful shutdown the process exits 0 (uvicorn re-raises the signal
+    to the handler that was installed before it, here a no-op, instead of dying by the signal)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     make_server(settings).run()

@@ -409,7 +409,7 @@ def test_cli_server_json_logs_key_revocation_and_sigterm(registry, tmp_path):
         assert revoke.returncode == 0, revoke.stderr
         _error(httpx.get(f"{url}/v2", headers=h, timeout=60), 401, "revoked")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
+        assert proc.wait(60) == 0  # graceful shutdown, then a clean exit
     finally:
         if proc.poll() is None:
             proc.kill()
