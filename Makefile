@@ -48,7 +48,7 @@ demo: install
 	rm -rf $(DEMO)/finetune
 	@echo "fine-tuning a probe on the bundled labelled sample tests/data/demo_task.csv (which amplifier recorded a 2 s segment):"
 	$(BIN)/python -m finetune fit -c finetune/configs/probe.yaml --data.path tests/data/demo_task.csv \
-		--model.backbone $(DEMO)/backbone_pkg --data.batch_size 4 --trainer.max_epochs 8 \
+		--model.backbone $(DEMO)/backbone_pkg --data.batch_size 4 --trainer.max_epochs 12 \
 		--trainer.default_root_dir $(DEMO)/finetune --trainer.enable_progress_bar false
 	$(BIN)/python -m finetune export $(DEMO)/finetune --registry $(DEMO)/registry --name demo
 	@echo "predictions of the newest runs/demo/registry/demo version on a bundled recording:"
