@@ -53,6 +53,7 @@ demo: install
 	$(BIN)/python -m finetune export $(DEMO)/finetune --registry $(DEMO)/registry --name demo
 	@echo "predictions of the newest runs/demo/registry/demo version on a bundled recording:"
 	$(BIN)/python -m finetune predict --model $(DEMO)/registry/demo tests/data/test.edf
+	$(BIN)/python -m serve demo --registry $(DEMO)/registry --model demo tests/data/test.edf
 
 lint: install
 	$(BIN)/ruff check .
