@@ -301,6 +301,8 @@ def export_run(run: str | Path, registry: str | Path, name: str, baseline_run: s
 
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else best_checkpoint(run)
+    if run.is_file():  # a .ckpt given directly: its run directory holds test_metrics.json
+        run = run.parent.parent if run.parent.name == "checkpoints" else run.parent
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a package error naming the file
