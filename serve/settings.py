@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="requests admitted per model (preprocessing, waiting or running); more get 429")
     preprocess_threads: int = Field(2, ge=1, description="threads reading and preprocessing inputs")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
-    device: str = "cpu"
+    device: str = Field("cpu", description="where models run; only 'cpu' until finetune's Predictor moves batches to the model's device")
 
     # limits
     max_body_mb: float = Field(200.0, gt=0, description="largest request body in MB (413 beyond)")
@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     def _keys_file_exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
             raise ValueError(f"api keys file {v} does not exist (create it with `python -m serve keys add --file {v}`)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _cpu_only(cls, v: str) -> str:
+        if v != "cpu":
+            raise ValueError(f"device {v!r}: finetune.predict.Predictor collates batches on the CPU and does not move them "
+                             "to another device yet, so the server runs models on 'cpu' only")
         return v
 
     @model_validator(mode="after")
