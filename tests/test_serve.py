@@ -417,4 +417,4 @@ def test_cli_server_json_logs_key_revocation_and_sigterm(registry, tmp_path):
     access = [ln for ln in lines if ln.get("request_id") == "cli-rid-1" and ln["msg"] == "request"]
     assert sorted((a["route"], a["status"]) for a in access) == [("/v2", 200), ("/v2", 401)]
     assert any(ln["msg"] == "shutdown complete" for ln in lines)
-    assert key not in log_path.read_text() and key.split("_")[2] not in log_path.read_text()
+    assert key not in log_path.read_text() and key.split("_", 2)[2] not in log_path.read_text()

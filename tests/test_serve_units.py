@@ -50,7 +50,7 @@ def test_keys_are_salted_hashes_and_revocable(tmp_path):
     key1, e1 = add_key(path, "lab")
     key2, _ = add_key(path, "clinic")
     text = path.read_text()
-    assert key1 not in text and key1.split("_")[2] not in text  # only id, salt and hash are stored
+    assert key1 not in text and key1.split("_", 2)[2] not in text  # only id, salt and hash are stored
     assert path.stat().st_mode & 0o077 == 0
     entries = read_keys(path)
     assert len({e.salt for e in entries}) == 2
