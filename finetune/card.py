@@ -40,7 +40,7 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any], prep: TaskPreproc
     if base:
         rows.append((f"baseline {base.get('arch')} (same splits)", base.get("test")))
     chan_text = (f"{len(channels)} channels: {', '.join(channels[:24])}{', ...' if len(channels) > 24 else ''}"
-                 if channels else "mixed channel sets")
+                 if channels else f"mixed channel sets ({len(facts.get('seen_channels') or [])} distinct channel names in training)")
     foundation = model["kind"] == "foundation"
     return f"""# {{name}} v{{version}}
 

@@ -128,6 +128,14 @@ class FinetuneDataModule(L.LightningDataModule):
         first = per_item[0]
         return first if all(c == first for c in per_item) else None
 
+    def seen_channels(self) -> list[str] | None:
+        """Every channel name of the training split (sorted), None when the items carry no names."""
+        per_item = item_channels(self.task)
+        names = [per_item[i] for i in self.splits["train"]]
+        if not names or any(c is None for c in names):
+            return None
+        return sorted({c for cs in names for c in cs})
+
     def channel_counts(self) -> set[int]:
         return {int(np.shape(it["signal"])[0]) for it in self.task.items}
 
@@ -241,6 +249,7 @@ class FinetuneModule(L.LightningModule):
         if dm is None or getattr(dm, "task", None) is None:
             raise RuntimeError("FinetuneModule needs a FinetuneDataModule (set up before the model)")
         self.build(dm.classes, dm.train_class_counts(), dm.task.preprocessing, dm.channels(), dm.channel_counts(), dm.facts())
+        self.facts["seen_channels"] = dm.seen_channels()
         hp = self.hparams
         if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels:
             self._cache = {}

@@ -74,8 +74,13 @@ class ModelPackage:
 
     @property
     def channels(self) -> list[str] | None:
-        """Training channel names (None when the task mixed channel sets)."""
+        """Training channel names in model order (None when the task mixed channel sets)."""
         return self.config.get("channels")
+
+    @property
+    def seen_channels(self) -> list[str] | None:
+        """Every channel name seen in training (also for mixed channel sets); None when unknown."""
+        return self.config.get("seen_channels") or self.channels
 
 
 # --- registry paths ----------------------------------------------------------------------------------
@@ -246,6 +251,7 @@ def save_model_package(
     card: str,
     channels: list[str] | None = None,
     source: dict[str, Any] | None = None,
+    seen_channels: list[str] | None = None,
 ) -> Path:
     """Publish ``model`` (a classifier with ``config_dict()``; LoRA already merged) as the next version of ``name``.
 
@@ -273,7 +279,7 @@ def save_model_package(
         while True:
             config = {"format_version": FORMAT_VERSION, "name": name, "version": str(version),
                       "created": datetime.now(UTC).isoformat(timespec="seconds"), "model": model.config_dict(),
-                      "channels": channels, "window": {"samples": preprocessing.window_samples, "sfreq": preprocessing.spec.sfreq},
+                      "channels": channels, "seen_channels": seen_channels, "window": {"samples": preprocessing.window_samples, "sfreq": preprocessing.spec.sfreq},
                       "source": source or {}}
             _write_json(tmp / CONFIG_FILE, config)
             (tmp / CARD_FILE).write_text(card.replace("{version}", str(version)).replace("{name}", name))
@@ -342,7 +348,8 @@ def export_run(run: str | Path, registry: str | Path, name: str, baseline_run: s
 
     card = model_card(facts, metrics, preprocessing)
     return save_model_package(registry, name, model, facts["labels"], preprocessing, metrics, card,
-                              channels=facts.get("channels"), source={"run": str(run.resolve()), **facts.get("source", {})})
+                              channels=facts.get("channels"), source={"run": str(run.resolve()), **facts.get("source", {})},
+                              seen_channels=facts.get("seen_channels"))
 
 
 def best_checkpoint(run: Path) -> Path:

@@ -93,8 +93,9 @@ class Predictor:
         trained = self.package.channels
         names = list(windows.layout.names)
         if not self.is_baseline:
-            if trained:
-                unseen = [c for c in names if c not in set(trained)]
+            seen = self.package.seen_channels
+            if seen:
+                unseen = [c for c in names if c not in set(seen)]
                 if unseen:
                     windows.warnings.append(
                         f"{name}: {len(unseen)} of {len(names)} channel(s) were not in the training data "

@@ -136,6 +136,10 @@ def test_fit_writes_run_and_export_writes_package(model_registry):
     listed = list_models(model_registry["registry"])
     assert listed[0]["name"] == "demo" and listed[0]["versions"] == ["1"]
     assert listed[0]["latest"]["test_balanced_accuracy"] == summary["test"]["balanced_accuracy"]
+    config = json.loads((pkg / "config.json").read_text())
+    train_recs = set(splits["train"]["recordings"])
+    assert config["channels"] is None  # 132-channel and 1-channel recordings
+    assert ("A1" in config["seen_channels"]) == any(r.endswith("test.edf") for r in train_recs)
 
 
 def test_package_predicts_exactly_like_the_run_checkpoint(model_registry):
@@ -264,6 +268,8 @@ def test_unseen_channels_predict_with_a_warning(model_registry, tmp_path):
     save_model_package(registry, "eeg60", package.model, package.labels, package.preprocessing, package.metrics, package.card,
                        channels=trained)  # fmt: skip
     predictor = Predictor(load_model_package(resolve_version(registry, "eeg60")))
+    res = predict_path(Predictor(package), SAMPLE)  # MEG + EEG: never seen by the demo model (EEG only)
+    assert any("not in the training data" in w and "MEG" in w for w in res.warnings)
     res = predict_path(predictor, FIXTURES / "test.edf")  # BioSemi-style names: none of them seen in training
     assert res.summary["n_windows"] == 3
     assert any("not in the training data" in w and "A1" in w for w in res.warnings)
