@@ -16,8 +16,9 @@ It does, through the real command line, and writes ``bench/results/finetune_task
    --seed_everything S --data.seed S ...`` (EEGNet: ``full.yaml`` with ``--model.baseline eegnet``, the backbone
    unused). The official test part is the test split; the validation split is carved from the official training
    part only (20%, stratified by label, with the seed S), and it alone chooses the checkpoint and stops training
-   early. The best checkpoint is tested once by the CLI (``RUN/test_metrics.json``). Fits run one after another,
-   seed-major (every model of seed 0, then seed 1, ...), so an interrupted run still compares like with like.
+   early. The best checkpoint is tested once by the CLI (``RUN/test_metrics.json``). Fits run one after another
+   (the cheap EyesOpenShut first; per set every model of seed 0, then seed 1, ...), each with
+   ``OMP_NUM_THREADS=1`` (``--threads``), so an interrupted run still compares like with like.
 2. Once, as a smoke check only (no quality claim: 29 segments, no official split), ``full`` and EEGNet with seed
    0 on ``mne_sample_audvis.csv`` (CSV path, MEG + EEG, 4 classes, split stratified by label).
 3. From each run directory: test and validation metrics of the chosen checkpoint, the per-epoch curves of
@@ -51,13 +52,13 @@ RESULTS = ROOT / "bench" / "results" / "finetune_tasks.md"
 DISCUSSION = ROOT / "bench" / "results" / "finetune_tasks_discussion.md"
 WHAT = __doc__.split("``bench/results/finetune_tasks.md``:\n\n")[1].split("\n\nEvery number")[0]
 
-#: sets with an official split -> short name
-SETS = {"self_regulation_scp1-epo.fif": "SCP1", "eyes_open_shut-epo.fif": "EyesOpenShut"}
+#: sets with an official split -> short name (run in this order: the cheap one first)
+SETS = {"eyes_open_shut-epo.fif": "EyesOpenShut", "self_regulation_scp1-epo.fif": "SCP1"}
 SMOKE_SET = "mne_sample_audvis.csv"
 #: test balanced accuracy on the official split, 3 seeds, quoted from ../shared/data/tasks/README.md
 REFERENCE = {
-    "SCP1": {"MiniRocket": "0.917 ± 0.004", "EEGNet": "0.881 ± 0.006", "ShallowFBCSPNet": "0.722 ± 0.069"},
     "EyesOpenShut": {"MiniRocket": "0.571 ± 0.039", "EEGNet": "0.484 ± 0.074", "ShallowFBCSPNet": "0.524 ± 0.067"},
+    "SCP1": {"MiniRocket": "0.917 ± 0.004", "EEGNet": "0.881 ± 0.006", "ShallowFBCSPNet": "0.722 ± 0.069"},
 }
 MODELS = ("probe", "full", "eegnet")
 CONFIG = {"probe": "finetune/configs/probe.yaml", "full": "finetune/configs/full.yaml", "eegnet": "finetune/configs/full.yaml"}
@@ -77,15 +78,16 @@ class Budget:
 #: (set name, model) -> budget. The foundation models cost ~100x EEGNet per step (a 8-layer d256 backbone over
 #: 16 latents x frames on 2 shared CPU cores), and an SCP1 item (3.5 s = 14 frames) ~3.5x an EyesOpenShut item
 #: (1 s = 4 frames): SCP1 gets few epochs (7 steps each), with the warm-up shortened to match.
+SHORT_WARMUP = ("--model.warmup_steps", "2")
 BUDGETS: dict[tuple[str, str], Budget] = {
-    ("SCP1", "probe"): Budget(4, 3, "00:00:08:00", ("--model.warmup_steps", "2")),
-    ("SCP1", "full"): Budget(3, 2, "00:00:10:00", ("--model.warmup_steps", "2")),
-    ("SCP1", "eegnet"): Budget(80, 20, "00:00:05:00"),
-    ("EyesOpenShut", "probe"): Budget(20, 6, "00:00:05:00"),
-    ("EyesOpenShut", "full"): Budget(15, 5, "00:00:05:00"),
+    ("EyesOpenShut", "probe"): Budget(10, 4, "00:00:06:00", SHORT_WARMUP),
+    ("EyesOpenShut", "full"): Budget(8, 4, "00:00:08:00", SHORT_WARMUP),
     ("EyesOpenShut", "eegnet"): Budget(80, 20, "00:00:05:00"),
-    ("audvis", "full"): Budget(5, 5, "00:00:05:00"),
-    ("audvis", "eegnet"): Budget(20, 20, "00:00:03:00"),
+    ("SCP1", "probe"): Budget(2, 2, "00:00:10:00", SHORT_WARMUP),
+    ("SCP1", "full"): Budget(2, 2, "00:00:16:00", SHORT_WARMUP),
+    ("SCP1", "eegnet"): Budget(80, 20, "00:00:05:00"),
+    ("audvis", "full"): Budget(3, 3, "00:00:05:00", SHORT_WARMUP),
+    ("audvis", "eegnet"): Budget(30, 20, "00:00:03:00"),
 }
 QUICK_EPOCHS = 2
 METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted", "auroc")
@@ -184,15 +186,17 @@ def best_epoch(curves: dict) -> int | None:
 # Running
 
 
-def run_fit(set_file: str, model: str, seed: int, backbone: Path, out: Path, quick: bool) -> dict:
+def run_fit(set_file: str, model: str, seed: int, backbone: Path, out: Path, quick: bool, threads: int) -> dict:
     name = SETS.get(set_file, "audvis")
     run = out / name / f"{model}_seed{seed}"
     args = fit_args(set_file, model, seed, backbone, run, quick)
     print(f"[{time.strftime('%H:%M:%S')}] {name} {model} seed {seed}: {command(args)}", flush=True)
-    child = _common.run_measured([sys.executable, *args], cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    child = _common.run_measured([sys.executable, *args], cwd=ROOT, env=env)
     run.mkdir(parents=True, exist_ok=True)
     (run / "bench_output_tail.log").write_text(child.output_tail)
-    rec = {"set": set_file, "name": name, "model": model, "seed": seed, "args": args, "command": command(args),
+    rec = {"set": set_file, "name": name, "model": model, "seed": seed, "args": args, "threads": threads,
+           "command": f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {command(args)}",
            "backbone": None if model == "eegnet" else rel(backbone),
            "returncode": child.returncode, "wall_s": child.wall_s, "peak_rss": child.peak_rss_max_process,
            "run": rel(run), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -379,6 +383,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick 0)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP/MKL threads per fit (default 1: on 2 cores oversubscribed by other work, 2 threads were "
+                        "up to 10x slower per EEGNet step)")
     p.add_argument("--no-smoke", action="store_true", help=f"skip the {SMOKE_SET} smoke check")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/finetune_tasks[_quick])")
     p.add_argument("--results", type=Path, default=None, help=f"report (default {rel(RESULTS)}; --quick: OUT/finetune_tasks.md)")
@@ -403,7 +410,7 @@ def main() -> None:
     if not (backbone / "model.safetensors").is_file():
         raise SystemExit(f"backbone package {backbone} has no model.safetensors")
     seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    plan = [(s, m, seed) for seed in seeds for s in a.sets for m in a.models]
+    plan = [(s, m, seed) for s in a.sets for seed in seeds for m in a.models]
     if not a.no_smoke:
         plan += [(SMOKE_SET, m, 0) for m in ("full", "eegnet") if m in a.models]
     out.mkdir(parents=True, exist_ok=True)
@@ -421,7 +428,7 @@ def main() -> None:
     for set_file, model, seed in plan:
         if (set_file, model, seed) in done:
             continue
-        state["records"].append(run_fit(set_file, model, seed, backbone, out, a.quick))
+        state["records"].append(run_fit(set_file, model, seed, backbone, out, a.quick, a.threads))
         save_records(out, state)
         report(state, out, results)
     state["complete"] = all("test" in r for r in state["records"]) and len(state["records"]) == len(plan)
