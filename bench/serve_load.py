@@ -126,6 +126,7 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float | None = 
 
 
 MODEL = ""
+FACTS: dict = {}
 
 
 def _shape(text: str) -> tuple[int, float]:
@@ -134,7 +135,7 @@ def _shape(text: str) -> tuple[int, float]:
 
 
 def main() -> int:
-    global MODEL
+    global MODEL  # noqa: PLW0603
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--registry", type=Path, default=ROOT / "runs" / "demo" / "registry")
     p.add_argument("--model", default=None, help="model name (default: the registry's first)")
@@ -157,6 +158,9 @@ def main() -> int:
     for mode, flags in (("on", ["--max-batch", "32", "--max-delay-ms", "10"]), ("off", ["--max-batch", "1"])):
         srv = Server(args.registry, *flags)
         try:
+            if not FACTS:
+                listed = {m["name"]: m for m in httpx.get(f"{srv.url}/v1/models", timeout=60).json()["models"]}
+                FACTS.update(listed.get(MODEL, {}).get("latest") or {})
             asyncio.run(load(srv.url, body, 4, total=8))  # warm-up: model, allocator, filter caches
             runs = [(c, body, "64x10") for c in args.concurrency]
             if args.small_shape:
@@ -192,7 +196,8 @@ def write_results(args, rows: list[dict], soak: dict, load_before, wall_s: float
         "```bash", f".venv/bin/python bench/serve_load.py {' '.join(sys.argv[1:])}".rstrip(), "```", "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared with other jobs: load average "
         f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), CPU only. Client and server on the "
-        f"same cores. Model: `{MODEL}` (latest version) from `{args.registry}`. Total wall time {wall_s / 60:.1f} min.", "",
+        f"same cores. Model: `{MODEL}` version {FACTS.get('version')} ({FACTS.get('kind')}, {FACTS.get('arch')}, labels "
+        f"{FACTS.get('labels')}) from `{args.registry}`. Total wall time {wall_s / 60:.1f} min.", "",
         f"Requests: Open Inference Protocol v2 `POST /v2/models/{MODEL}/infer`, 10 s x 64 channels at 256 Hz, FP32 JSON "
         f"(5 windows of 2 s each), {args.seconds:g} s per row.", "",
         "| batching | input (ch x s) | concurrency | requests | errors | throughput (req/s) | p50 latency (ms) | p99 latency (ms) |",
