@@ -30,7 +30,7 @@ SERVER_FLAGS = {
     "--min-sfreq": (float, "lowest sampling rate, Hz (default 64)"),
     "--max-sfreq": (float, "highest sampling rate, Hz (default 20000)"),
     "--preprocess-threads": (int, "threads reading and preprocessing inputs (default 2)"),
-    "--torch-threads": (int, "torch intra-op threads (default: torch's choice)"),
+    "--torch-threads": (int, "torch intra-op threads (default: half the CPU cores, at least 1)"),
     "--upload-dir": (str, "parent folder of per-request upload folders (default: system temp)"),
     "--graceful-timeout-s": (float, "how long shutdown waits for in-flight requests (default 30)"),
     "--log-level": (str, "INFO, DEBUG, WARNING ..."),

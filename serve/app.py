@@ -75,10 +75,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
         async def warm_up():
             if settings.preload:
                 await registry.preload()

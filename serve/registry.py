@@ -102,6 +102,10 @@ class ModelRegistry:
         from finetune.predict import Predictor
 
         def load():
+            import torch
+
+            if torch.get_num_threads() != self.settings.intra_op_threads:  # process-wide; before the first forward
+                torch.set_num_threads(self.settings.intra_op_threads)
             package = load_model_package(path, map_location=self.settings.device)
             # the predictor's own chunking only bounds memory; batching decisions are the batcher's
             return package, Predictor(package, batch_size=max(64, self.settings.max_batch))

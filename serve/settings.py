@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(10.0, ge=0, description="longest a request waits for others to join its batch")
     max_queue: int = Field(64, ge=1, description="requests admitted per model (preprocessing, waiting or running); more get 429")
     preprocess_threads: int = Field(2, ge=1, description="threads reading and preprocessing inputs")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's own)")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: half the CPU cores, at least 1)")
     device: str = Field("cpu", description="where models run; only 'cpu' until finetune's Predictor moves batches to the model's device")
 
     # limits
@@ -68,6 +69,13 @@ class Settings(BaseSettings):
         if self.min_sfreq >= self.max_sfreq:
             raise ValueError(f"min_sfreq {self.min_sfreq} must be below max_sfreq {self.max_sfreq}")
         return self
+
+    @property
+    def intra_op_threads(self) -> int:
+        """The preprocessing threads and the inference thread share the cores: with torch's default (all cores)
+        every small op waits on an OpenMP barrier whenever the cores are busy (measured on 2 shared cores: one
+        window took 1.5 s with 2 threads and 26 ms with 1; bench/results/serve_load.md)."""
+        return self.torch_threads or max(1, (os.cpu_count() or 2) // 2)
 
     @property
     def max_body_bytes(self) -> int:

@@ -32,7 +32,11 @@ class ServerThread:
     ``stop()``) asks uvicorn to exit as on SIGTERM: in-flight requests finish first."""
 
     def __init__(self, settings: Settings) -> None:
-        self.server = make_server(settings.model_copy(update={"host": "127.0.0.1", "port": 0}), configure_logging=False)
+        import torch
+
+        # keep the test process's torch thread count (the server would set it process-wide)
+        update = {"host": "127.0.0.1", "port": 0, "torch_threads": settings.torch_threads or torch.get_num_threads()}
+        self.server = make_server(settings.model_copy(update=update), configure_logging=False)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
         self.url = ""
 
