@@ -125,8 +125,11 @@ class Predictor:
 
     # --- inference ---------------------------------------------------------------------------------
     def _batches(self, items: list[dict]):
+        """Collated batches (on CPU), moved to the model's device (``load_model_package(map_location=...)``)."""
+        device = next(self.model.parameters()).device
         for start in range(0, len(items), self.batch_size):
-            yield self._collate(items[start : start + self.batch_size])
+            b = self._collate(items[start : start + self.batch_size])
+            yield {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
 
     def _check(self, items: list[dict]) -> None:
         if not items:
