@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/python -m pretrain validate $(DEMO_PRETRAIN) --ckpt_path $(DEMO)/pretrain/checkpoints/last.ckpt
 	$(BIN)/python -m pretrain export $(DEMO)/pretrain --out $(DEMO)/backbone_pkg --overwrite
 	rm -rf $(DEMO)/finetune
-	@echo "fine-tuning a probe on the bundled labelled sample tests/data/demo_task.csv (which amplifier recorded a 2 s segment):"
+	@echo "fine-tuning a probe on the bundled labelled sample tests/data/demo_task.csv (which amplifier recorded a 1 s segment):"
 	$(BIN)/python -m finetune fit -c finetune/configs/probe.yaml --data.path tests/data/demo_task.csv \
 		--model.backbone $(DEMO)/backbone_pkg --data.batch_size 4 --trainer.max_epochs 12 \
 		--trainer.default_root_dir $(DEMO)/finetune --trainer.enable_progress_bar false

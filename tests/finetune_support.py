@@ -1,7 +1,7 @@
 """Small REAL fine-tuning artefacts for tests (used by the ``model_registry`` fixture in conftest.py).
 
-* a labelled task over bundled recordings (tests/data/demo_task.csv): which amplifier recorded a 2 s
-  segment, ``biosemi`` (test.edf, 3 segments) or ``natus`` (test_subsecond.edf, 6 segments);
+* a labelled task over bundled recordings (tests/data/demo_task.csv): which amplifier recorded a 1 s
+  segment, ``biosemi`` (test.edf, 6 segments) or ``natus`` (test_subsecond.edf, 6 segments);
 * a tiny tokenizer package (random init, codebooks k-means-initialised on real windows of the bundled
   recordings), and a backbone package of preset ``test`` (random init, the tokenizer's codebooks) in the
   format ``python -m pretrain export`` writes;

@@ -165,7 +165,7 @@ def test_package_predicts_exactly_like_the_run_checkpoint(model_registry):
     np.testing.assert_allclose(probs, ref, atol=1e-5)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     tokens = Predictor(package).tokenize_items(items[:2])
-    assert tokens.shape == (2, 16, 8, 4) and tokens.dtype == np.int64
+    assert tokens.shape == (2, 16, 4, 4) and tokens.dtype == np.int64  # 1 s = 4 frames
 
 
 def test_predict_cli_per_window_and_recording(model_registry, capsys):
@@ -176,8 +176,8 @@ def test_predict_cli_per_window_and_recording(model_registry, capsys):
     assert f"error: {missing}" in captured.err  # a bad input is named, the good one is still predicted
     (edf,) = [json.loads(line) for line in captured.out.splitlines()]
     assert Path(edf["recording"]).name == "test.edf"
-    assert edf["model"] == {"name": "demo", "version": "1"} and edf["summary"]["n_windows"] == 3
-    assert [w["t0_s"] for w in edf["windows"]] == [0.0, 2.0, 4.0] and edf["windows"][0]["t1_s"] == 2.0
+    assert edf["model"] == {"name": "demo", "version": "1"} and edf["summary"]["n_windows"] == 6
+    assert [w["t0_s"] for w in edf["windows"]] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and edf["windows"][0]["t1_s"] == 1.0
     mean = np.mean([[w["probabilities"][c] for c in ("biosemi", "natus")] for w in edf["windows"]], axis=0)
     np.testing.assert_allclose([edf["summary"]["probabilities"][c] for c in ("biosemi", "natus")], mean, atol=1e-5)
     # the same code path in Python gives the same numbers
@@ -271,7 +271,7 @@ def test_unseen_channels_predict_with_a_warning(model_registry, tmp_path):
     res = predict_path(Predictor(package), SAMPLE)  # MEG + EEG: never seen by the demo model (EEG only)
     assert any("not in the training data" in w and "MEG" in w for w in res.warnings)
     res = predict_path(predictor, FIXTURES / "test.edf")  # BioSemi-style names: none of them seen in training
-    assert res.summary["n_windows"] == 3
+    assert res.summary["n_windows"] == 6
     assert any("not in the training data" in w and "A1" in w for w in res.warnings)
     res = predictor.summarise(predictor.prepare_raw(open_raw(SAMPLE).pick("eeg"), "eeg only"),
                               predictor.predict_items(predictor.prepare_raw(open_raw(SAMPLE).pick("eeg"), "x").items))
