@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FIXTURES = ROOT / "tests" / "data"
-RECORDINGS = ["test_subsecond.edf", "test.edf", "sample_audvis_5s_raw.fif", "test.bdf", "test_edf_stim_channel.edf"]
+RECORDINGS = ["test_subsecond.edf", "test.edf", "sample_audvis_5s_raw.fif", "test_edf_stim_channel.edf"]
+SMOKE_RECORDINGS = ["test_subsecond.edf"]  # 1 channel, 349 windows: cheap to encode on a busy CPU
 #: dense bf16 peak (no sparsity) in TFLOP/s by a name fragment of torch.cuda.get_device_name(); first match wins
 PEAK_BF16_TFLOPS = [
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("H20", 148.0), ("GH200", 989.0),
@@ -50,7 +51,7 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def make_tokens(out: Path) -> tuple[Path, Path]:
+def make_tokens(out: Path, recordings: list[str]) -> tuple[Path, Path]:
     """(token shard dir, tokenizer package) from the bundled recordings; reused when already there."""
     from data import WindowDataModule, prepare, window_dataset
     from tokenizer.encode import encode_shards
@@ -61,7 +62,7 @@ def make_tokens(out: Path) -> tuple[Path, Path]:
     if (tokens / "manifest.json").is_file() and (pkg / "model.safetensors").is_file():
         return tokens, pkg
     t0 = time.perf_counter()
-    prepare([FIXTURES / r for r in RECORDINGS if (FIXTURES / r).exists()], shards, overwrite=True, progress=False)
+    prepare([FIXTURES / r for r in recordings if (FIXTURES / r).exists()], shards, overwrite=True, progress=False)
     torch.manual_seed(0)
     module = TokenizerModule("small")
     module.configure_model()
@@ -120,15 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="bf16-mixed")
     p.add_argument("--compile", action="store_true", help="--model.compile true")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: from its name)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "gpu_pretrain")
+    p.add_argument("--out", type=Path, default=None, help="outputs (default runs/bench/gpu_pretrain, --cpu-smoke: gpu_pretrain_smoke)")
     p.add_argument("--cpu-smoke", action="store_true", help="3 steps of the `test` preset on CPU in float32 (no GPU figures)")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.preset, args.steps, args.warmup, args.precision = "test", 3, 1, "32-true"
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible to torch; use --cpu-smoke to check the path on CPU")
+    args.out = args.out or ROOT / "runs" / "bench" / ("gpu_pretrain_smoke" if args.cpu_smoke else "gpu_pretrain")
     args.out.mkdir(parents=True, exist_ok=True)
-    tokens, pkg = make_tokens(args.out)
+    tokens, pkg = make_tokens(args.out, SMOKE_RECORDINGS if args.cpu_smoke else RECORDINGS)
     run = args.out / f"run_{args.preset}"
     fit = ["fit", "-c", f"pretrain/configs/{args.preset}.yaml", "--data.tokens", str(tokens), "--model.tokenizer", str(pkg),
            "--trainer.max_steps", str(args.steps), "--trainer.precision", args.precision,
