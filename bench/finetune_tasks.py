@@ -364,6 +364,24 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
                        f"{json.dumps(f['official_counts'])}; our split (seed {next((r['seed'] for r in records if r['name'] == name), '-')}) "
                        f"{json.dumps(split_counts)}")
     sections.append(("Data and class balance", "\n".join(balance) or "-"))
+    for other in state.get("also") or []:
+        path = ROOT / other / "records.json"
+        if not path.is_file():
+            sections.append((f"Same bench, other backbone: `{other}`", f"(no `{rel(path)}`)"))
+            continue
+        o = json.loads(path.read_text())
+        o_rows, o_means = summary_rows(o["records"])
+        ob = o.get("backbone_facts", {})
+        sections.append((f"Same bench, other backbone: `{ob.get('path')}`",
+                         f"Command: `{o['command']}`, started {o['started']}; backbone d_model {ob.get('d_model')}, "
+                         f"{ob.get('n_layers')} layers, pretraining {json.dumps(ob.get('training'))}; tokenizer "
+                         f"`{(ob.get('tokenizer') or {}).get('path')}`. Same budgets, seeds and commands (with "
+                         f"`--model.backbone {ob.get('path')}`); its EEGNet rows are that folder's records. Per-seed rows, curves "
+                         f"and commands: `{rel(ROOT / other)}/records.json`"
+                         + (f" and `{o['results']}`" if o.get("results") else "") + ".\n\n"
+                         + (_common.table(["set", "model", "seeds", "test balanced acc.", "test kappa", "test weighted F1",
+                                           "test AUROC", "val balanced acc.", "README EEGNet"], o_rows) if o_rows else "-")
+                         + "\n\n" + "\n".join(verdicts(o_means))))
     if DISCUSSION.is_file() and not quick:
         sections.append(("Discussion (written by hand after the run, from the numbers above)", DISCUSSION.read_text()))
     sections.append(("Commands", "\n".join(f"- `{r['command']}`" for r in records) or "-"))
@@ -389,6 +407,8 @@ def main() -> None:
     p.add_argument("--no-smoke", action="store_true", help=f"skip the {SMOKE_SET} smoke check")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/finetune_tasks[_quick])")
     p.add_argument("--results", type=Path, default=None, help=f"report (default {rel(RESULTS)}; --quick: OUT/finetune_tasks.md)")
+    p.add_argument("--also", nargs="*", default=[],
+                   help="other output folders of this bench (e.g. a run with another backbone) to summarise in the report")
     p.add_argument("--resume", action="store_true", help="keep the fits already in OUT/records.json, run only the others")
     p.add_argument("--analyse-only", action="store_true", help="rebuild the report from OUT/records.json, no training")
     a = p.parse_args()
@@ -396,6 +416,8 @@ def main() -> None:
     results = a.results or (out / "finetune_tasks.md" if a.quick else RESULTS)
     if a.analyse_only:
         state = json.loads((out / "records.json").read_text())
+        if a.also:
+            state["also"] = [rel(x) for x in a.also]
         print(f"wrote {report(state, out, results)}")
         return
 
@@ -416,7 +438,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {"command": _common.command_line(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": a.quick,
              "planned": len(plan), "machine": _common.machine_description(("numpy", "torch", "lightning", "mne", "braindecode")),
-             "backbone_facts": backbone_facts(backbone), "backbone_note": note, "records": [], "complete": False}
+             "backbone_facts": backbone_facts(backbone), "backbone_note": note, "records": [], "complete": False,
+             "results": rel(results), "also": [rel(x) for x in a.also]}
     if a.resume and (out / "records.json").is_file():
         old = json.loads((out / "records.json").read_text())
         # keep finished fits; a foundation fit only if it used this backbone
