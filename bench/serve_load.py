@@ -129,6 +129,18 @@ MODEL = ""
 FACTS: dict = {}
 
 
+def scrape(url: str) -> dict[str, float]:
+    """Totals over all label sets of the server's batch metrics."""
+    out = {"passes": 0.0, "busy_s": 0.0, "windows": 0.0, "requests": 0.0}
+    names = {"brainforge_inference_seconds_count": "passes", "brainforge_inference_seconds_sum": "busy_s",
+             "brainforge_batch_size_sum": "windows", "brainforge_batch_requests_sum": "requests"}
+    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
+        key = line.split("{", 1)[0]
+        if key in names:
+            out[names[key]] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def _shape(text: str) -> tuple[int, float]:
     ch, sec = text.lower().split("x")
     return int(ch), float(sec)
@@ -166,8 +178,12 @@ def main() -> int:
             if args.small_shape:
                 runs.append((32, infer_body(*_shape(args.small_shape), seed=2), args.small_shape))
             for c, b, shape in runs:
+                m0 = scrape(srv.url)
                 r = asyncio.run(load(srv.url, b, c, seconds=args.seconds))
-                r |= {"mode": mode, "shape": shape}
+                m1 = scrape(srv.url)
+                d = {k: m1[k] - m0[k] for k in m0}
+                r |= {"mode": mode, "shape": shape, "passes": int(d["passes"]),
+                      "windows_per_pass": d["windows"] / max(1, d["passes"]), "busy": d["busy_s"] / r["seconds"]}
                 rows.append(r)
                 print(f"batching {mode:3} {shape:>5} C={c:2}: {r['throughput']:.2f} req/s  p50 {r['p50_ms']:.0f} ms  "
                       f"p99 {r['p99_ms']:.0f} ms  ({r['requests']} ok, errors {r['errors'] or 0})", flush=True)
@@ -200,13 +216,17 @@ def write_results(args, rows: list[dict], soak: dict, load_before, wall_s: float
         f"{FACTS.get('labels')}) from `{args.registry}`. Total wall time {wall_s / 60:.1f} min.", "",
         f"Requests: Open Inference Protocol v2 `POST /v2/models/{MODEL}/infer`, 10 s x 64 channels at 256 Hz, FP32 JSON "
         f"(5 windows of 2 s each), {args.seconds:g} s per row.", "",
-        "| batching | input (ch x s) | concurrency | requests | errors | throughput (req/s) | p50 latency (ms) | p99 latency (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batching | input (ch x s) | concurrency | requests | errors | throughput (req/s) | p50 latency (ms) | p99 latency (ms) "
+        "| forward passes | windows per pass | inference thread busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['shape']} | {r['concurrency']} | {r['requests']} | {sum(r['errors'].values())} | "
-                     f"{r['throughput']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
-    lines += ["", "Throughput ratio, batching on / off (on = `--max-batch 32 --max-delay-ms 10`, off = `--max-batch 1`):", ""]
+                     f"{r['throughput']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['passes']} | "
+                     f"{r['windows_per_pass']:.1f} | {100 * r['busy']:.0f}% |")
+    lines += ["", "Forward passes, windows per pass and the share of the row's wall time the model's inference thread was "
+              "busy come from the server's own `/metrics` (deltas over the row).", "",
+              "Throughput ratio, batching on / off (on = `--max-batch 32 --max-delay-ms 10`, off = `--max-batch 1`):", ""]
     for (mode, c, shape), on in by.items():
         off = by.get(("off", c, shape))
         if mode == "on" and off and off["throughput"] > 0:
