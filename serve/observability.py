@@ -104,11 +104,12 @@ class ObservabilityMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            model = (scope.get("state") or {}).get("model", "")
+            state = scope.get("state") or {}
+            model = state.get("model", "")
             labels = (route, scope["method"], str(status), model)
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(elapsed)
             log.info("request", extra={"fields": {
                 "method": scope["method"], "path": scope["path"], "route": route, "status": status,
-                "model": model, "duration_ms": round(elapsed * 1000, 2)}})
+                "model": model, "key_id": state.get("key_id"), "duration_ms": round(elapsed * 1000, 2)}})
             request_id_var.reset(token)

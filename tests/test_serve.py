@@ -415,6 +415,7 @@ def test_cli_server_json_logs_key_revocation_and_sigterm(registry, tmp_path):
             proc.kill()
     lines = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]  # every line is JSON
     access = [ln for ln in lines if ln.get("request_id") == "cli-rid-1" and ln["msg"] == "request"]
-    assert sorted((a["route"], a["status"]) for a in access) == [("/v2", 200), ("/v2", 401)]
+    assert sorted((a["route"], a["status"], a["key_id"]) for a in access) == [("/v2", 200, key.split("_")[1]),
+                                                                             ("/v2", 401, None)]  # the key's id, never the key
     assert any(ln["msg"] == "shutdown complete" for ln in lines)
     assert key not in log_path.read_text() and key.split("_", 2)[2] not in log_path.read_text()
