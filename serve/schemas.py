@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,13 +95,6 @@ class RecordingJSON(BaseModel):
     version: str | None = Field(None, description="/v1/tokenize: the model version (default: latest)")
 
 
-class WindowPrediction(BaseModel):
-    t0_s: float
-    t1_s: float
-    label: str
-    probabilities: dict[str, float] | list[float]
-
-
 class PredictResponse(BaseModel):
     model: str
     version: str
@@ -122,21 +115,5 @@ class TokenizeResponse(BaseModel):
     warnings: list[str] = []
 
 
-class ModelVersionInfo(BaseModel):
-    version: str
-    ready: bool | None = None
-    facts: dict[str, Any] = {}
-
-
-class ModelInfo(BaseModel):
-    name: str
-    versions: list[str]
-    latest: str | None = None
-    details: dict[str, Any] = {}
-
-
 class ModelList(BaseModel):
     models: list[dict[str, Any]]
-
-
-Kind = Literal["predict", "tokenize"]
