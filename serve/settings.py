@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="requests admitted per model (preprocessing, waiting or running); more get 429")
     preprocess_threads: int = Field(2, ge=1, description="threads reading and preprocessing inputs")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: half the CPU cores, at least 1)")
-    device: str = Field("cpu", description="where models run; only 'cpu' until finetune's Predictor moves batches to the model's device")
+    device: str = Field("cpu", description="where models run: 'cpu', 'cuda' or 'cuda:N' (must be available at startup)")
 
     # limits
     max_body_mb: float = Field(200.0, gt=0, description="largest request body in MB (413 beyond)")
@@ -58,10 +58,17 @@ class Settings(BaseSettings):
 
     @field_validator("device")
     @classmethod
-    def _cpu_only(cls, v: str) -> str:
-        if v != "cpu":
-            raise ValueError(f"device {v!r}: finetune.predict.Predictor collates batches on the CPU and does not move them "
-                             "to another device yet, so the server runs models on 'cpu' only")
+    def _available_device(cls, v: str) -> str:
+        import torch
+
+        try:
+            dev = torch.device(v)
+        except RuntimeError as e:
+            raise ValueError(f"device {v!r} is not a torch device name (use 'cpu', 'cuda' or 'cuda:N')") from e
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {v!r}: the server runs models on 'cpu' or 'cuda' only")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {v!r}: CUDA is not available on this machine (torch {torch.__version__})")
         return v
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from serve.auth import KeyStore, add_key, read_keys, revoke_key
@@ -36,6 +37,11 @@ def test_settings_from_env_and_flags_win(tmp_path, monkeypatch):
         Settings(registry=tmp_path / "missing")
     with pytest.raises(ValueError, match="min_sfreq"):
         Settings(min_sfreq=500, max_sfreq=100)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda' only"):
+        Settings(device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Settings(device="cuda")
 
 
 def test_cli_reports_bad_settings(tmp_path):
