@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/pretrain_throughput.py          # warm-up + median of 5 steps per model (~5-10 min on 2 busy cores)
+    .venv/bin/python bench/pretrain_throughput.py          # warm-up + median of 7 steps per model (~5-10 min on 2 busy cores)
     .venv/bin/python bench/pretrain_throughput.py --quick  # warm-up + 1 timed step per model; writes under runs/bench only
 
 It measures, in one process, and prints a table and writes ``bench/results/pretrain_throughput.md``:
@@ -193,7 +193,7 @@ def sync(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 timed step per model after the warm-up; results under runs/bench only")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 5, --quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 7, --quick 1)")
     p.add_argument("--batch", type=int, default=16, help="10 s segments per batch (default 16, as pretrain/configs/tiny.yaml)")
     p.add_argument("--channels", type=int, default=64, help="LaBraM's channel count (default 64)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 7)
     results = ROOT / "runs" / "bench" / "pretrain_throughput_quick.md" if args.quick else RESULTS
     machine = _common.machine_description(("torch", "braindecode"))
     machine["torch threads"] = str(torch.get_num_threads())
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     times = _common.interleaved({n: timed(s) for n, s in sides.items()}, repeats=repeats, warmup=True)
     machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     med = {n: statistics.median(t) for n, t in times.items()}
+    best = {n: min(t) for n, t in times.items()}
 
     rows = []
     for name, s in sides.items():
@@ -259,16 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, a, b in pairings:
         ratio = med[b] / med[a]  # samples/s ours over samples/s LaBraM (same batch)
         pair_rows.append([label, f"{a} ({sides[a].params / 1e6:.2f} M)", f"{b} ({sides[b].params / 1e6:.2f} M)",
-                          f"{ratio:.2f}x", f"{flops[b] / flops[a]:.2f}x"])
+                          f"{ratio:.2f}x", f"{best[b] / best[a]:.2f}x", f"{flops[b] / flops[a]:.2f}x"])
     eq_ratios = [med[pairings[1][2]] / med[pairings[1][1]], med[pairings[2][2]] / med[pairings[2][1]]]
-    aim_met = all(r >= AIM_RATIO for r in eq_ratios)
+    eq_best = [best[pairings[1][2]] / best[pairings[1][1]], best[pairings[2][2]] / best[pairings[2][1]]]
+    aim_met = all(r >= AIM_RATIO for r in eq_ratios + eq_best)
     verdict = (f"Aim (>= {AIM_RATIO}x LaBraM's training throughput at equal parameter count): "
-               + ("MET" if aim_met else "MISSED") + f" on this CPU: {eq_ratios[0]:.2f}x (b) and {eq_ratios[1]:.2f}x (c).")
+               + ("MET" if aim_met else "MISSED") + f" on this CPU: by median step time {eq_ratios[0]:.2f}x (b) and "
+               f"{eq_ratios[1]:.2f}x (c); by fastest step {eq_best[0]:.2f}x (b) and {eq_best[1]:.2f}x (c) "
+               "(met only if all four are >= the aim).")
     wall = time.perf_counter() - t_start
     ffn = our_tiny.model.config.ffn_hidden
     sections = [
-        ("Summary", _common.table(["pairing", "ours", "LaBraM", "training throughput ours / LaBraM (samples/s)",
-                                   "LaBraM FLOPs / ours"], pair_rows) + "\n\n" + verdict
+        ("Summary", _common.table(["pairing", "ours", "LaBraM", "training throughput ours / LaBraM (median step)",
+                                   "same, fastest step", "LaBraM FLOPs / ours"], pair_rows) + "\n\n" + verdict
          + ("\n\nQUICK smoke run (1 timed step): not a result." if args.quick else "")),
         ("What was measured", WHAT + "\n\n" + TOKENS_NOTE),
         ("Command", "```\n" + _common.command_line() + "\n```\n\n" + f"Warm-up step, then {repeats} timed steps per model, "
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     path = _common.write_markdown(results, "Benchmark: pretraining throughput, our backbone vs braindecode LaBraM", sections)
     print("\n" + _common.table(head, rows))
-    print("\n" + _common.table(["pairing", "ours", "LaBraM", "ours / LaBraM samples/s", "LaBraM FLOPs / ours"], pair_rows))
+    print("\n" + _common.table(["pairing", "ours", "LaBraM", "ours / LaBraM (median)", "(fastest)", "LaBraM FLOPs / ours"], pair_rows))
     print("\n" + verdict)
     print(f"\nwall time {wall / 60:.1f} min; wrote {os.path.relpath(path, ROOT)}")
     return 0
