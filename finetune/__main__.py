@@ -91,13 +91,16 @@ def _tools(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in TOOLS:
         return _tools(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n")  # the tools are not LightningCLI subcommands: name them before its help
     from finetune.cli import FinetuneCLI
     from finetune.lightning import FinetuneDataModule, FinetuneModule
 
-    FinetuneCLI(FinetuneModule, FinetuneDataModule, args=argv, trainer_defaults=trainer_defaults)
+    FinetuneCLI(FinetuneModule, FinetuneDataModule, args=None if from_command_line else argv, trainer_defaults=trainer_defaults)
     return 0
 
 
