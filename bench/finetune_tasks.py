@@ -89,6 +89,14 @@ BUDGETS: dict[tuple[str, str], Budget] = {
     ("audvis", "full"): Budget(3, 3, "00:00:05:00", SHORT_WARMUP),
     ("audvis", "eegnet"): Budget(30, 20, "00:00:03:00"),
 }
+#: ``--long``: the foundation models get about as many epochs as EEGNet needed (affordable with a small backbone)
+LONG_BUDGETS: dict[tuple[str, str], Budget] = {
+    **BUDGETS,
+    ("EyesOpenShut", "probe"): Budget(60, 20, "00:00:06:00", SHORT_WARMUP),
+    ("EyesOpenShut", "full"): Budget(60, 20, "00:00:08:00", SHORT_WARMUP),
+    ("SCP1", "probe"): Budget(30, 10, "00:00:08:00", SHORT_WARMUP),
+    ("SCP1", "full"): Budget(30, 10, "00:00:10:00", SHORT_WARMUP),
+}
 QUICK_EPOCHS = 2
 METRICS = ("balanced_accuracy", "cohen_kappa", "f1_weighted", "auroc")
 DEFAULT_BACKBONE = ROOT / "runs" / "bench" / "pretrain" / "backbone_pkg"
@@ -118,8 +126,9 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def fit_args(set_file: str, model: str, seed: int, backbone: Path, run: Path, quick: bool) -> list[str]:
-    b = BUDGETS[(SETS.get(set_file, "audvis"), model)]
+def fit_args(set_file: str, model: str, seed: int, backbone: Path, run: Path, quick: bool,
+             budgets: dict[tuple[str, str], Budget]) -> list[str]:
+    b = budgets[(SETS.get(set_file, "audvis"), model)]
     args = ["-m", "finetune", "fit", "-c", CONFIG[model], "--data.path", rel(TASKS / set_file)]
     args += ["--model.baseline", "eegnet"] if model == "eegnet" else ["--model.backbone", rel(backbone)]
     args += ["--seed_everything", str(seed), "--data.seed", str(seed),
@@ -186,10 +195,11 @@ def best_epoch(curves: dict) -> int | None:
 # Running
 
 
-def run_fit(set_file: str, model: str, seed: int, backbone: Path, out: Path, quick: bool, threads: int) -> dict:
+def run_fit(set_file: str, model: str, seed: int, backbone: Path, out: Path, quick: bool, threads: int,
+            budgets: dict[tuple[str, str], Budget]) -> dict:
     name = SETS.get(set_file, "audvis")
     run = out / name / f"{model}_seed{seed}"
-    args = fit_args(set_file, model, seed, backbone, run, quick)
+    args = fit_args(set_file, model, seed, backbone, run, quick, budgets)
     print(f"[{time.strftime('%H:%M:%S')}] {name} {model} seed {seed}: {command(args)}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     child = _common.run_measured([sys.executable, *args], cwd=ROOT, env=env)
@@ -325,7 +335,7 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
     budget = _common.table(["set", "model", "config", "max epochs", "early-stopping patience (val epochs)",
                             "hard cap on training time", "other options"],
                            [[n, m, f"`{CONFIG[m]}`", QUICK_EPOCHS if quick else b.epochs, b.patience, b.max_time,
-                             " ".join(b.extra) or "-"] for (n, m), b in BUDGETS.items()])
+                             " ".join(b.extra) or "-"] for (n, m), b in (LONG_BUDGETS if state.get("long") else BUDGETS).items()])
     sections.append(("Budget per fit", budget + "\n\nEverything else is the config's: batch 32, AdamW, warm-up 10 steps then "
                      "cosine decay; `probe` lr 1e-3 (head only), `full` lr 5e-4 with layer decay 0.75, EEGNet lr 1e-3; "
                      "class-weighted cross-entropy; the checkpoint with the best `val/selection` (validation balanced "
@@ -375,7 +385,9 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
         sections.append((f"Same bench, other backbone: `{ob.get('path')}`",
                          f"Command: `{o['command']}`, started {o['started']}; backbone d_model {ob.get('d_model')}, "
                          f"{ob.get('n_layers')} layers, pretraining {json.dumps(ob.get('training'))}; tokenizer "
-                         f"`{(ob.get('tokenizer') or {}).get('path')}`. Same budgets, seeds and commands (with "
+                         f"`{(ob.get('tokenizer') or {}).get('path')}`. "
+                         + ("Foundation budgets: `--long` (LONG_BUDGETS: many more epochs). " if o.get("long") else "Same budgets. ")
+                         + "Same seeds and commands (with "
                          f"`--model.backbone {ob.get('path')}`); its EEGNet rows are that folder's records. Per-seed rows, curves "
                          f"and commands: `{rel(ROOT / other)}/records.json`"
                          + (f" and `{o['results']}`" if o.get("results") else "") + ".\n\n"
@@ -401,6 +413,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick 0)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    p.add_argument("--long", action="store_true", help="foundation models get LONG_BUDGETS (many more epochs)")
     p.add_argument("--threads", type=int, default=1,
                    help="OMP/MKL threads per fit (default 1: on 2 cores oversubscribed by other work, 2 threads were "
                         "up to 10x slower per EEGNet step)")
@@ -439,7 +452,7 @@ def main() -> None:
     state = {"command": _common.command_line(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": a.quick,
              "planned": len(plan), "machine": _common.machine_description(("numpy", "torch", "lightning", "mne", "braindecode")),
              "backbone_facts": backbone_facts(backbone), "backbone_note": note, "records": [], "complete": False,
-             "results": rel(results), "also": [rel(x) for x in a.also]}
+             "results": rel(results), "also": [rel(x) for x in a.also], "long": a.long}
     if a.resume and (out / "records.json").is_file():
         old = json.loads((out / "records.json").read_text())
         # keep finished fits; a foundation fit only if it used this backbone
@@ -451,7 +464,8 @@ def main() -> None:
     for set_file, model, seed in plan:
         if (set_file, model, seed) in done:
             continue
-        state["records"].append(run_fit(set_file, model, seed, backbone, out, a.quick, a.threads))
+        state["records"].append(run_fit(set_file, model, seed, backbone, out, a.quick, a.threads,
+                                        LONG_BUDGETS if a.long else BUDGETS))
         save_records(out, state)
         report(state, out, results)
     state["complete"] = all("test" in r for r in state["records"]) and len(state["records"]) == len(plan)
