@@ -320,6 +320,11 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
             f"{bb.get('embedding')}; pretraining {json.dumps(bb.get('training'))}), tokenizer package `{tok.get('path')}` "
             f"(d_model {tok.get('d_model')}, {tok.get('n_latent')} latents, {tok.get('rvq_levels')} RVQ levels x "
             f"{tok.get('codebook_size')} codes).")
+    kept = [r for r in records if r.get("finished", "9") < state["started"][:19]]
+    if kept:
+        head += (f"\n\n{len(kept)} of these fits ({', '.join(sorted({r['model'] for r in kept}))}) finished before this "
+                 "invocation started: they were kept from an earlier run of this script into the same folder (`--resume`); "
+                 "see 'finished' in the per-seed table and their commands below.")
     if state.get("backbone_note"):
         head += f"\n\n**Note:** {state['backbone_note']}"
     sections.append(("Run", head))
@@ -377,12 +382,12 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
     for other in state.get("also") or []:
         path = ROOT / other / "records.json"
         if not path.is_file():
-            sections.append((f"Same bench, other backbone: `{other}`", f"(no `{rel(path)}`)"))
+            sections.append((f"Other run: `{other}`", f"(no `{rel(path)}`: not run or not finished)"))
             continue
         o = json.loads(path.read_text())
         o_rows, o_means = summary_rows(o["records"])
         ob = o.get("backbone_facts", {})
-        sections.append((f"Same bench, other backbone: `{ob.get('path')}`",
+        sections.append((f"Other run: `{other}` (backbone `{ob.get('path')}`)",
                          f"Command: `{o['command']}`, started {o['started']}; backbone d_model {ob.get('d_model')}, "
                          f"{ob.get('n_layers')} layers, pretraining {json.dumps(ob.get('training'))}; tokenizer "
                          f"`{(ob.get('tokenizer') or {}).get('path')}`. "
@@ -394,8 +399,10 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
                          + (_common.table(["set", "model", "seeds", "test balanced acc.", "test kappa", "test weighted F1",
                                            "test AUROC", "val balanced acc.", "README EEGNet"], o_rows) if o_rows else "-")
                          + "\n\n" + "\n".join(verdicts(o_means))))
-    if DISCUSSION.is_file() and not quick:
+    if DISCUSSION.is_file() and not quick and Path(results_path).resolve() == RESULTS.resolve():
         sections.append(("Discussion (written by hand after the run, from the numbers above)", DISCUSSION.read_text()))
+    elif not quick:
+        sections.append(("Discussion", f"See `{rel(RESULTS)}` (the main report), which summarises this run too."))
     sections.append(("Commands", "\n".join(f"- `{r['command']}`" for r in records) or "-"))
     sections.append(("Machine", _common.machine_table(state["machine"])))
     return _common.write_markdown(results_path, "Fine-tuning on the real labelled sets", sections)
