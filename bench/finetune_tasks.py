@@ -341,7 +341,11 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
                             "hard cap on training time", "other options"],
                            [[n, m, f"`{CONFIG[m]}`", QUICK_EPOCHS if quick else b.epochs, b.patience, b.max_time,
                              " ".join(b.extra) or "-"] for (n, m), b in (LONG_BUDGETS if state.get("long") else BUDGETS).items()])
-    sections.append(("Budget per fit", budget + "\n\nEverything else is the config's: batch 32, AdamW, warm-up 10 steps then "
+    sections.append(("Budget per fit", budget + "\n\nEach fit runs with `OMP_NUM_THREADS=1` (`--threads`). A first invocation "
+                     "with torch's default (2 threads per process) on the oversubscribed cores (load average about 10) was "
+                     "aborted: EEGNet on SCP1 managed 9 epochs in 6.3 min (about 40 s per epoch, stopped by the 5 min cap); "
+                     "with one thread the same fit ran 62 epochs in 3.3 min."
+                     "\n\nEverything else is the config's: batch 32, AdamW, warm-up 10 steps (2 where listed) then "
                      "cosine decay; `probe` lr 1e-3 (head only), `full` lr 5e-4 with layer decay 0.75, EEGNet lr 1e-3; "
                      "class-weighted cross-entropy; the checkpoint with the best `val/selection` (validation balanced "
                      "accuracy, ties broken by lower validation loss) is tested."))
@@ -422,8 +426,8 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     p.add_argument("--long", action="store_true", help="foundation models get LONG_BUDGETS (many more epochs)")
     p.add_argument("--threads", type=int, default=1,
-                   help="OMP/MKL threads per fit (default 1: on 2 cores oversubscribed by other work, 2 threads were "
-                        "up to 10x slower per EEGNet step)")
+                   help="OMP/MKL threads per fit (default 1: the 2 cores are shared with other work, where torch's "
+                        "default of 2 spinning threads per process was much slower; see the report)")
     p.add_argument("--no-smoke", action="store_true", help=f"skip the {SMOKE_SET} smoke check")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/finetune_tasks[_quick])")
     p.add_argument("--results", type=Path, default=None, help=f"report (default {rel(RESULTS)}; --quick: OUT/finetune_tasks.md)")
