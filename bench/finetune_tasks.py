@@ -396,8 +396,8 @@ def report(state: dict, out: Path, results_path: Path) -> Path:
                          f"{ob.get('n_layers')} layers, pretraining {json.dumps(ob.get('training'))}; tokenizer "
                          f"`{(ob.get('tokenizer') or {}).get('path')}`. "
                          + ("Foundation budgets: `--long` (LONG_BUDGETS: many more epochs). " if o.get("long") else "Same budgets. ")
-                         + "Same seeds and commands (with "
-                         f"`--model.backbone {ob.get('path')}`); its EEGNet rows are that folder's records. Per-seed rows, curves "
+                         + f"Seeds {sorted({r['seed'] for r in o['records']})}; fits as above (with "
+                         f"`--model.backbone {ob.get('path')}`); its EEGNet rows, if any, are that folder's records. Per-seed rows, curves "
                          f"and commands: `{rel(ROOT / other)}/records.json`"
                          + (f" and `{o['results']}`" if o.get("results") else "") + ".\n\n"
                          + (_common.table(["set", "model", "seeds", "test balanced acc.", "test kappa", "test weighted F1",
