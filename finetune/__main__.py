@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Any
 
+from tokenizer.entry import stage_main
+
 TOOLS = ("export", "predict", "list")
 
 
@@ -91,17 +93,13 @@ def _tools(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> int:
-    from_command_line = argv is None
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return _tools(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n")  # the tools are not LightningCLI subcommands: name them before its help
-    from finetune.cli import FinetuneCLI
-    from finetune.lightning import FinetuneDataModule, FinetuneModule
+    def run_cli(args: list[str] | None) -> None:
+        from finetune.cli import FinetuneCLI
+        from finetune.lightning import FinetuneDataModule, FinetuneModule
 
-    FinetuneCLI(FinetuneModule, FinetuneDataModule, args=None if from_command_line else argv, trainer_defaults=trainer_defaults)
-    return 0
+        FinetuneCLI(FinetuneModule, FinetuneDataModule, args=args, trainer_defaults=trainer_defaults)
+
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Any
 
+from tokenizer.entry import stage_main
+
 TOOLS = ("export",)
 
 
@@ -38,18 +40,15 @@ def _tools(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None = None) -> int:
     """``trainer_defaults`` (e.g. extra callbacks) is for scripts that embed the CLI."""
-    from_command_line = argv is None
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return _tools(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n")  # the tools are not LightningCLI subcommands: name them before its help
-    from pretrain.cli import PretrainCLI
-    from pretrain.data import PretrainDataModule
-    from pretrain.lightning import PretrainModule
 
-    PretrainCLI(PretrainModule, PretrainDataModule, args=None if from_command_line else argv, trainer_defaults=trainer_defaults)
-    return 0
+    def run_cli(args: list[str] | None) -> None:
+        from pretrain.cli import PretrainCLI
+        from pretrain.data import PretrainDataModule
+        from pretrain.lightning import PretrainModule
+
+        PretrainCLI(PretrainModule, PretrainDataModule, args=args, trainer_defaults=trainer_defaults)
+
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from tokenizer.entry import stage_main
+
 TOOLS = ("export", "encode", "eval")
 
 
@@ -77,18 +79,17 @@ def _tools(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return _tools(argv)
-    from data.dataset import WindowDataModule
-    from tokenizer.cli import RunDirCLI
-    from tokenizer.lightning import TokenizerModule
+    def run_cli(args: list[str] | None) -> None:
+        from data.dataset import WindowDataModule
+        from tokenizer.cli import RunDirCLI
+        from tokenizer.lightning import TokenizerModule
 
-    class TokenizerCLI(RunDirCLI):
-        stage = "tokenizer"
+        class TokenizerCLI(RunDirCLI):
+            stage = "tokenizer"
 
-    TokenizerCLI(TokenizerModule, WindowDataModule, args=argv)
-    return 0
+        TokenizerCLI(TokenizerModule, WindowDataModule, args=args)
+
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
 
 
 if __name__ == "__main__":
