@@ -57,6 +57,7 @@ class SegmentDataset(StreamingDataset):
         self.segment_windows = segment_windows
         self.token_shape = tuple(manifest["token_shape"])  # (N_latent, F, L)
         self.codebook_size = int(manifest["codebook_size"])
+        self.n_windows = int(manifest["n_windows"])  # all ranks together
         recs = sorted(manifest["recordings"], key=lambda r: r["start"])
         self._starts = [int(r["start"]) for r in recs]
         self._stops = [int(r["stop"]) for r in recs]
@@ -77,6 +78,19 @@ class SegmentDataset(StreamingDataset):
         n_starts = n - s + 1
         off = anchor - start
         return r, start + (off if off < n_starts else off % n_starts), s
+
+    def code_counts(self, max_windows: int = 2048) -> torch.Tensor:
+        """Code histogram [L, K] int64 over up to ``max_windows`` evenly spaced windows (all of them if fewer).
+
+        Deterministic (the same windows on every rank), so ranks that each call it agree."""
+        n = self.n_windows
+        picks = np.unique(np.linspace(0, n - 1, num=min(n, max_windows)).round().astype(int)) if n else []
+        _, _, levels = self.token_shape
+        counts = torch.zeros(levels, self.codebook_size, dtype=torch.long)
+        for i in picks:
+            codes = torch.as_tensor(np.asarray(StreamingDataset.__getitem__(self, int(i))["indices"]), dtype=torch.long)
+            counts += torch.stack([torch.bincount(codes[..., lv].flatten(), minlength=self.codebook_size) for lv in range(levels)])
+        return counts
 
     def __getitem__(self, index: ChunkedIndex | int) -> dict:
         anchor = index.index if isinstance(index, ChunkedIndex) else int(index)

@@ -11,6 +11,7 @@ global RNG, so a resumed run draws exactly the masks an uninterrupted run would.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.model import MaskedTokenModel, build_config, sample_mask, unigram_floor_accuracy
+
+log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "brainforge_tokenizer"
 BACKBONE_KEY = "brainforge_backbone_config"
@@ -89,6 +92,8 @@ class PretrainModule(L.LightningModule):
         schedule: ``cosine`` or ``wsd``; warmup_steps, min_lr_ratio, decay_fraction (wsd) shape it.
         compile: ``torch.compile`` the backbone blocks (in place; state-dict keys unchanged).
         mask_seed: seed of the per-step mask generator.
+        prior_init: on a fresh ``fit``, start the head at the unigram predictor of the training tokens
+            (`MaskedTokenModel.init_head_prior`, counted on up to ``prior_windows`` evenly spaced windows).
     """
 
     def __init__(
@@ -106,6 +111,8 @@ class PretrainModule(L.LightningModule):
         decay_fraction: float = 0.2,
         compile: bool = False,
         mask_seed: int = 0,
+        prior_init: bool = True,
+        prior_windows: int = 2048,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,6 +128,17 @@ class PretrainModule(L.LightningModule):
         if compile:
             for block in self.model.blocks:
                 block.compile()
+
+    def setup(self, stage: str) -> None:
+        """Head prior on a fresh fit. Runs before DDP wraps the model (which then broadcasts rank 0's weights);
+        a resumed run (``ckpt_path``) gets its weights from the checkpoint instead."""
+        if stage != "fit" or not self.hparams.prior_init or self.trainer.ckpt_path is not None:
+            return
+        ds = getattr(self.trainer.datamodule, "train_ds", None)
+        if ds is None or not hasattr(ds, "code_counts"):
+            log.warning("prior_init: no SegmentDataset to count codes on; the head starts at random")
+            return
+        self.model.init_head_prior(ds.code_counts(self.hparams.prior_windows))
 
     # --- steps -------------------------------------------------------------------------------------
     def _mask(self, batch: dict, batch_idx: int, stream: int) -> Tensor:

@@ -199,6 +199,18 @@ class MaskedTokenModel(nn.Module):
             x = block(x, rope, valid)
         return self.norm(x)
 
+    @torch.no_grad()
+    def init_head_prior(self, counts: Tensor) -> None:
+        """Start the head at the unigram predictor: bias = log code frequencies (add-one smoothed) of
+        ``counts`` [L, K], weight = 0. Step 0 then predicts exactly the floor and scores the unigram
+        cross-entropy, instead of a random code at log K, and training only has to learn the context."""
+        cfg = self.config
+        if tuple(counts.shape) != (cfg.rvq_levels, cfg.codebook_size):
+            raise ValueError(f"code counts shape {tuple(counts.shape)} != (L, K) {(cfg.rvq_levels, cfg.codebook_size)}")
+        freq = (counts.double() + 1) / (counts.double().sum(1, keepdim=True) + cfg.codebook_size)
+        self.head.bias.copy_(freq.log().flatten().to(self.head.bias.dtype))
+        self.head.weight.zero_()
+
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., D] -> logits [..., L, K]."""
         return self.head(hidden).unflatten(-1, (self.config.rvq_levels, self.config.codebook_size))

@@ -96,7 +96,7 @@ def test_training_steps_lower_the_masked_loss(tokens):
     L.seed_everything(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is several times faster on a shared 2-core machine
-    module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1)
+    module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1, prior_init=False)
     ds = SegmentDataset(out, segment_windows=2)
     fixed = collate_segments([ds[i] for i in range(5, 354, 40)])
     mask = sample_mask(fixed["valid"], 16, 0.5, torch.Generator().manual_seed(1))
@@ -118,6 +118,33 @@ def test_training_steps_lower_the_masked_loss(tokens):
     after = fixed_loss()
     assert np.isfinite(before) and after < 0.9 * before, f"masked loss on a fixed batch {before:.3f} -> {after:.3f}"
     assert int(module.code_counts.sum()) > 0  # the unigram floor's histogram was counted
+
+
+def test_fit_starts_the_head_at_the_unigram_predictor_of_the_training_tokens(tokens):
+    """prior_init: a fresh fit sets the head to log code frequencies (weight 0), so before learning anything
+    the model predicts each level's most frequent training code everywhere and scores the unigram loss."""
+    out, pkg = tokens
+    ds = SegmentDataset(out, segment_windows=2)
+    windows = StreamingDataset(str(out))
+    codes = torch.stack([torch.as_tensor(np.asarray(windows[i]["indices"])) for i in range(len(windows))])  # [W, N, F, L]
+    by_hand = torch.stack([torch.bincount(codes[..., lv].flatten(), minlength=ds.codebook_size) for lv in range(codes.shape[-1])])
+    assert torch.equal(ds.code_counts(), by_hand)
+    assert ds.code_counts(max_windows=10).sum(1).tolist() == [10 * codes[0, ..., 0].numel()] * codes.shape[-1]
+
+    module = PretrainModule(str(pkg), preset="test", lr=0.0, weight_decay=0.0)  # lr 0: the first step changes nothing
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, PretrainDataModule(str(out), segment_windows=2, batch_size=4))
+    batch = collate_segments([ds[i] for i in range(0, 300, 30)])
+    mask = sample_mask(batch["valid"], 16, 0.5, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = module.model.eval()(batch["indices"], mask, batch["valid"])  # [M, L, K]
+    assert torch.equal(logits.argmax(-1), by_hand.argmax(1)[None].expand(logits.shape[0], -1))
+    freq = (by_hand.double() + 1) / (by_hand.sum(1, keepdim=True) + ds.codebook_size)
+    targets = batch["indices"][mask]
+    unigram_ce = -freq.log().gather(1, targets.T).mean()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), targets.flatten())
+    assert abs(float(ce - unigram_ce)) < 1e-4
 
 
 def test_kill_resume_matches_uninterrupted_run_and_exports(tokens, tmp_path):
