@@ -17,7 +17,8 @@ It does, through the real command lines, and writes ``bench/results/pretrain.md`
 2. ``python -m tokenizer encode`` of both sides into token shards.
 3. ``python -m pretrain fit -c pretrain/configs/tiny.yaml`` on the training tokens, bounded by
    ``--trainer.max_steps`` (default 200) and ``--trainer.max_time`` (hard cap, default 18 min); warm-up =
-   10% of the steps, cosine decay to the end. Batches of ``--batch-size`` (default 8, half the config's 16,
+   10% of the steps, cosine decay to the end. The head starts at the unigram predictor of the training
+   tokens (``prior_init``, the config default), so step 0 scores exactly the floor. Batches of ``--batch-size`` (default 8, half the config's 16,
    so that twice as many steps fit on 2 shared cores). Segments are ``--segment-windows`` (default 2) windows =
    16 frames = 4 s instead of the config's 10 s, so that a step costs ~2.5x less and most of the short
    held-out recordings fill a whole segment. The held-out tokens are given as ``--data.val_tokens``: they
@@ -25,11 +26,13 @@ It does, through the real command lines, and writes ``bench/results/pretrain.md`
 4. ``python -m pretrain validate`` of the last checkpoint on the held-out tokens (the floor there is the
    checkpoint's own unigram predictor, counted on the training tokens it saw).
 5. ``python -m pretrain export RUN --out runs/bench/pretrain/backbone_pkg`` (fine-tuning reuses it).
-6. In-process, from the exported package: per-level masked-token accuracy, perplexity and both floors
+6. In-process, from the exported package: per-level masked-token accuracy, perplexity and the floors
    averaged over several fresh masks, on the held-out tokens and on the training tokens.
 
-The unigram floor predicts, on each level, the code most frequent in the *training* tokens; the "held-out
-oracle" floor cheats by using the held-out set's own most frequent code (a stricter floor). The unigram
+The unigram floor predicts, on each level, the code most frequent in the *training* tokens (the floor the
+issue names). Two stricter references: the "per-latent" floor predicts each latent channel's own most frequent
+training code (what a model learns from the latent embedding alone, without any context), and the "held-out
+oracle" floor cheats by using the held-out set's own most frequent code. The unigram
 perplexity is that of the training code histogram (add-one smoothed) on the held-out codes. Run outputs go
 to ``runs/bench/pretrain``.
 """
@@ -128,15 +131,18 @@ def ensure_tokenizer_inputs(tokenizer_steps: int) -> tuple[Path, Path, Path, boo
 
 
 def code_histogram(tokens: Path, levels: int, k: int) -> torch.Tensor:
-    """Counts [L, K] of every code of every window of a token shard directory."""
+    """Counts [N, L, K] per latent channel of every code of every window of a token shard directory
+    (``.sum(0)`` is the histogram over all latents)."""
     from pretrain.data import SegmentDataset
 
     ds = SegmentDataset(tokens, segment_windows=1, shuffle=False)
-    counts = torch.zeros(levels, k, dtype=torch.long)
+    n_lat = ds.token_shape[0]
+    counts = torch.zeros(n_lat, levels, k, dtype=torch.long)
     for i in range(len(ds)):
-        idx = ds[i]["indices"].reshape(-1, levels)
-        for lv in range(levels):
-            counts[lv] += torch.bincount(idx[:, lv], minlength=k)
+        idx = ds[i]["indices"]  # [N, F, L]
+        for n in range(n_lat):
+            for lv in range(levels):
+                counts[n, lv] += torch.bincount(idx[n, :, lv], minlength=k)
     return counts
 
 
@@ -165,7 +171,8 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
              train_counts: torch.Tensor, batch_size: int = 16, max_segments: int | None = None) -> dict:
     """Per level, over the segments of ``tokens`` (all, or ``max_segments`` evenly spaced) and one fresh mask per segment and seed: model accuracy,
     perplexity (exp of mean cross-entropy), unigram floor accuracy (training argmax), held-out oracle floor
-    (this set's own argmax), unigram perplexity (training histogram, add-one), and the masked count."""
+    (this set's own argmax), per-latent floor (each latent channel's own training argmax), unigram perplexity
+    (training histogram, add-one), and the masked count. ``train_counts`` [N, L, K] from `code_histogram`."""
     import torch.nn.functional as F
 
     from pretrain.data import SegmentDataset, collate_segments
@@ -173,7 +180,9 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
 
     cfg = model.config
     lv_n, k = cfg.rvq_levels, cfg.codebook_size
-    own = code_histogram(tokens, lv_n, k)
+    own = code_histogram(tokens, lv_n, k).sum(0)
+    latent_best = train_counts.argmax(2)  # [N, L]
+    train_counts = train_counts.sum(0)
     train_best, own_best = train_counts.argmax(1), own.argmax(1)
     logp_uni = torch.log((train_counts.double() + 1) / (train_counts.sum(1, keepdim=True).double() + k))  # [L, K]
     ds = SegmentDataset(tokens, segment_windows=segment_windows, shuffle=False)
@@ -185,6 +194,7 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
     ce = torch.zeros(lv_n, dtype=torch.float64)
     floor = torch.zeros(lv_n, dtype=torch.float64)
     oracle = torch.zeros(lv_n, dtype=torch.float64)
+    per_latent = torch.zeros(lv_n, dtype=torch.float64)
     uni_ce = torch.zeros(lv_n, dtype=torch.float64)
     n = 0
     for seed in seeds:
@@ -199,6 +209,7 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
             ce += F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view(-1, lv_n).double().sum(0)
             floor += (tgt == train_best[None]).double().sum(0)
             oracle += (tgt == own_best[None]).double().sum(0)
+            per_latent += (tgt == latent_best[mask.nonzero()[:, 1]]).double().sum(0)
             uni_ce += -torch.stack([logp_uni[lv, tgt[:, lv]] for lv in range(lv_n)], 1).sum(0)
             n += tgt.shape[0]
     out = {"masked_positions": n, "segments": len(items), "seeds": seeds, "levels": []}
@@ -207,7 +218,7 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
         se = math.sqrt(max(acc * (1 - acc), fl * (1 - fl), 1e-12) / n)  # binomial s.e. (masks repeat positions)
         out["levels"].append({
             "acc": acc, "top5": float(top5[lv] / n), "ppl": math.exp(float(ce[lv] / n)), "floor": fl,
-            "oracle_floor": float(oracle[lv] / n), "unigram_ppl": math.exp(float(uni_ce[lv] / n)), "se": se,
+            "oracle_floor": float(oracle[lv] / n), "latent_floor": float(per_latent[lv] / n), "unigram_ppl": math.exp(float(uni_ce[lv] / n)), "se": se,
             "codes_used": int((own[lv] > 0).sum()), "top_code_share": float(own[lv].max() / own[lv].sum()),
         })
     return out
@@ -268,6 +279,8 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
         extra += ["--model.lr", args.lr]
     if args.embedding is not None:
         extra += ["--model.embedding", args.embedding]
+    if args.dropout is not None:
+        extra += ["--model.overrides", f"{{dropout: {args.dropout}}}"]
     if run.exists():
         import shutil
 
@@ -296,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="segments per step (default 8; the config's 16 halves the steps that fit)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--embedding", choices=("codebook", "learned"), default=None, help="input embedding (default: the config's)")
+    p.add_argument("--dropout", type=float, default=None, help="backbone dropout (default: the config's, 0)")
     p.add_argument("--eval-seeds", type=int, default=None, help="fresh masks per held-out segment in the in-process evaluation (default 3, --quick 1)")
     p.add_argument("--reuse-tokens", action="store_true",
                    help="skip `tokenizer encode` when the token shards of an earlier run were made by the same package")
@@ -344,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = pkg.model, pkg.model.config
     mask_ratio = float(pkg.meta["training"].get("mask_ratio") or 0.5)
     steps_done = pkg.meta["training"].get("global_step")
-    train_counts = code_histogram(out / "tokens_train", cfg.rvq_levels, cfg.codebook_size)
+    train_counts = code_histogram(out / "tokens_train", cfg.rvq_levels, cfg.codebook_size)  # [N, L, K]
     held = evaluate(model, out / "tokens_heldout", args.segment_windows, mask_ratio, seeds, train_counts)
     print(f"held-out evaluated ({held['masked_positions']:,} masked positions)", flush=True)
     train_eval = evaluate(model, out / "tokens_train", args.segment_windows, mask_ratio, seeds[:1], train_counts,
@@ -376,12 +390,15 @@ def main(argv: list[str] | None = None) -> int:
 
     verdict = [versus(r["acc"], r["floor"], r["se"]) for r in held["levels"]]
     verdict_oracle = [versus(r["acc"], r["oracle_floor"], r["se"]) for r in held["levels"]]
+    verdict_latent = [versus(r["acc"], r["latent_floor"], r["se"]) for r in held["levels"]]
     n_beat, n_beat_oracle = sum(v == "beats" for v in verdict), sum(v == "beats" for v in verdict_oracle)
-    summary_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['oracle_floor']:.2%}", f"{r['acc'] / max(r['floor'], 1e-9):.1f}x",
-                     f"{r['top5']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}", verdict[lv], verdict_oracle[lv]]
+    n_beat_latent = sum(v == "beats" for v in verdict_latent)
+    summary_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['latent_floor']:.2%}", f"{r['oracle_floor']:.2%}",
+                     f"{r['acc'] / max(r['floor'], 1e-9):.1f}x", f"{r['top5']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}",
+                     verdict[lv], verdict_latent[lv], verdict_oracle[lv]]
                     for lv, r in enumerate(held["levels"])]
-    summary_head = ["level", "accuracy", "unigram floor", "held-out oracle floor", "acc / floor", "top-5 acc", "perplexity",
-                    "unigram perplexity", "vs unigram floor", "vs oracle floor"]
+    summary_head = ["level", "accuracy", "unigram floor", "per-latent floor", "held-out oracle floor", "acc / floor", "top-5 acc",
+                    "perplexity", "unigram perplexity", "vs unigram floor", "vs per-latent floor", "vs oracle floor"]
     train_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}"]
                   for lv, r in enumerate(train_eval["levels"])]
     cli_rows = [[lv, fmt(cli_val.get(f"acc_l{lv}"), ".2%"), fmt(cli_val.get(f"floor_acc_l{lv}"), ".2%"),
@@ -427,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         ("Summary",
          f"After {steps_done} steps ({fit_min:.1f} min of CPU `fit` wall time) of `tiny`, masked-token accuracy on held-out "
-         f"real recordings beats the unigram floor on {n_beat} of {levels} levels and the held-out oracle floor on {n_beat_oracle} of {levels} "
+         f"real recordings beats the unigram floor on {n_beat} of {levels} levels, the per-latent floor on {n_beat_latent} of {levels} "
+         f"and the held-out oracle floor on {n_beat_oracle} of {levels} "
          f"(mask ratio {mask_ratio:g}, segments of {args.segment_windows} x 2 s = {seg_frames} frames, {len(seeds)} fresh masks per segment):"
          + "\n\n" + _common.table(summary_head, summary_rows)
          + ("\n\nQUICK smoke run: not a result." if quick else "")),
