@@ -65,8 +65,11 @@ def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> S
     if "://" not in str(path):
         read_manifest(path)  # clear error when this is not a shard directory
         path = str(Path(path).resolve())
-    # drop_last=None: litdata drops the uneven tail under DDP, so every rank gets as many batches
-    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=None)
+    # drop_last=None: litdata drops the uneven tail under DDP, so every rank gets as many batches.
+    # item_shuffle_window=0: a full permutation inside each chunk. litdata's default (256) only shuffles within
+    # blocks of 256 items, and a chunk stores its recordings one after another: batches would come from one
+    # recording for tens of steps.
+    return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=None, item_shuffle_window=0)
 
 
 class WindowDataModule(L.LightningDataModule):

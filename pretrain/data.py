@@ -53,6 +53,9 @@ class SegmentDataset(StreamingDataset):
         # drop_last=None: litdata drops the tail under DDP so every rank yields the same number of
         # segments (unequal counts would leave one rank waiting in a collective at the end of an epoch)
         kwargs.setdefault("drop_last", None)
+        # full in-chunk permutation (litdata's default shuffles within blocks of 256 items, and a chunk holds
+        # its recordings one after another: batches would come from one recording for tens of steps)
+        kwargs.setdefault("item_shuffle_window", 0)
         super().__init__(path, shuffle=shuffle, seed=seed, **kwargs)
         self.segment_windows = segment_windows
         self.token_shape = tuple(manifest["token_shape"])  # (N_latent, F, L)

@@ -91,6 +91,21 @@ def test_segments_are_consecutive_windows_of_one_recording(tokens):
     assert int(item["valid"].sum()) == 8 * n and not item["valid"][8 * n:].any() and (item["indices"][:, 8 * n:] == 0).all()
 
 
+def test_shuffled_epochs_are_full_permutations_not_blocks_of_one_recording(tokens):
+    """A chunk stores recordings one after another; litdata's default shuffle (blocks of 256 items) would keep
+    that order, so batches would come from one recording for tens of steps. Window and token loaders permute
+    the whole chunk: the order yielded is uncorrelated with the stored order."""
+    out, _ = tokens
+    windows = window_dataset(out.parent / "shards", shuffle=True, seed=3)
+    dm = PretrainDataModule(str(out), segment_windows=1, batch_size=1, seed=3)
+    dm.setup("fit")
+    order = [int(b["anchor"][0]) for b in dm.train_dataloader()]
+    assert sorted(order) == list(range(len(order)))
+    rho = np.corrcoef(np.arange(len(order)), order)[0, 1]
+    assert abs(rho) < 0.3, f"yielded anchors follow the stored order (correlation {rho:.2f})"
+    assert windows.item_shuffle_window == 0  # the window loader (tokenizer training) permutes the same way
+
+
 def test_training_steps_lower_the_masked_loss(tokens):
     out, pkg = tokens
     L.seed_everything(0)
