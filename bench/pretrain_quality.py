@@ -3,7 +3,7 @@ masked tokens of held-out real recordings better than the unigram floor, on ever
 
 Run from the repository root::
 
-    .venv/bin/python bench/pretrain_quality.py                 # ~15 min of training on CPU, ~20 min in all
+    .venv/bin/python bench/pretrain_quality.py                 # 400 steps, ~20 min of training on a quiet 2-core CPU
     .venv/bin/python bench/pretrain_quality.py --quick         # smoke run, 10 steps; writes under runs/bench only
     .venv/bin/python bench/pretrain_quality.py --analyse-only  # rebuild the report from the last run, no training
 
@@ -16,7 +16,7 @@ It does, through the real command lines, and writes ``bench/results/pretrain.md`
    (``--tokenizer-steps``, default 200) and ``python -m tokenizer export``.
 2. ``python -m tokenizer encode`` of both sides into token shards.
 3. ``python -m pretrain fit -c pretrain/configs/tiny.yaml`` on the training tokens, bounded by
-   ``--trainer.max_steps`` (default 200) and ``--trainer.max_time`` (hard cap, default 18 min); warm-up =
+   ``--trainer.max_steps`` (default 400) and ``--trainer.max_time`` (hard cap, default 40 min); warm-up =
    10% of the steps, cosine decay to the end. The head starts at the unigram predictor of the training
    tokens (``prior_init``, the config default), so step 0 scores exactly the floor. Batches of ``--batch-size`` (default 8, half the config's 16,
    so that twice as many steps fit on 2 shared cores). Segments are ``--segment-windows`` (default 2) windows =
@@ -303,8 +303,8 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run (10 steps, 1 eval mask); results under runs/bench only")
-    p.add_argument("--max-steps", type=int, default=None, help="training steps (default 200, --quick 10); warm-up 10%% of them")
-    p.add_argument("--max-time", default=None, help="hard cap on training DD:HH:MM:SS (default 00:00:18:00, --quick 00:00:03:00)")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (default 400, --quick 10); warm-up 10%% of them")
+    p.add_argument("--max-time", default=None, help="hard cap on training DD:HH:MM:SS (default 00:00:40:00, --quick 00:00:03:00)")
     p.add_argument("--segment-windows", type=int, default=2, help="2 s windows per segment (default 2 = 4 s = 16 frames)")
     p.add_argument("--batch-size", type=int, default=8, help="segments per step (default 8; the config's 16 halves the steps that fit)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
@@ -319,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--analyse-only", action="store_true", help="rebuild the report from the last run's outputs, no training")
     args = p.parse_args(argv)
     quick = args.quick
-    args.max_steps = args.max_steps or (10 if quick else 200)
-    args.max_time = args.max_time or ("00:00:03:00" if quick else "00:00:18:00")
+    args.max_steps = args.max_steps or (10 if quick else 400)
+    args.max_time = args.max_time or ("00:00:03:00" if quick else "00:00:40:00")
     seeds = list(range(args.eval_seeds or (1 if quick else 3)))
     out = args.out or ROOT / "runs" / "bench" / ("pretrain_quick" if quick else "pretrain")
     results = args.results or (out / "pretrain.md" if quick else RESULTS)
