@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from litdata import StreamingDataset
+from litdata import StreamingDataLoader, StreamingDataset
 
 from data import WindowDataModule, prepare, window_dataset
 from pretrain import (
@@ -104,6 +104,12 @@ def test_shuffled_epochs_are_full_permutations_not_blocks_of_one_recording(token
     rho = np.corrcoef(np.arange(len(order)), order)[0, 1]
     assert abs(rho) < 0.3, f"yielded anchors follow the stored order (correlation {rho:.2f})"
     assert windows.item_shuffle_window == 0  # the window loader (tokenizer training) permutes the same way
+    stored = {(it["recording"], float(it["t0_s"])): i for i, it in enumerate(window_dataset(out.parent / "shards"))}
+    yielded = [stored[(b[0]["recording"], float(b[0]["t0_s"]))]
+               for b in StreamingDataLoader(windows, batch_size=1, collate_fn=list)]
+    assert sorted(yielded) == list(range(len(stored)))
+    rho = np.corrcoef(np.arange(len(yielded)), yielded)[0, 1]
+    assert abs(rho) < 0.3, f"yielded windows follow the stored order (correlation {rho:.2f})"
 
 
 def test_training_steps_lower_the_masked_loss(tokens):
