@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
+from .sensors import channel_identities
 from .shards import read_manifest
 
 META_KEYS = ("recording", "subject", "t0_s", "label")
@@ -24,7 +25,8 @@ class WindowCollator:
     """Items -> batch dict.
 
     signal [B, C, T] float32, types [B, C] int64, positions / orientations [B, C, 3] float32
-    (padding rows zero, unknown positions NaN), channel_mask [B, C] bool, and lists for the
+    (padding rows zero, unknown positions NaN), channel_ids [B, C] int64 (from the item's ``channel_ids``,
+    else from its ``channels`` names, else 0 = no identity), channel_mask [B, C] bool, and lists for the
     metadata keys (recording, subject, t0_s, label).
     """
 
@@ -37,7 +39,9 @@ class WindowCollator:
         if self.max_channels is None or c <= self.max_channels:
             return item
         keep = np.sort(self.rng.choice(c, self.max_channels, replace=False))
-        return {k: (v[keep] if k in ("signal", "types", "positions", "orientations") else v) for k, v in item.items()}
+        item = {**item, "channel_ids": _item_channel_ids(item)}
+        per_channel = ("signal", "types", "positions", "orientations", "channel_ids")
+        return {k: (v[keep] if k in per_channel else v) for k, v in item.items()}
 
     def __call__(self, items: list[dict]) -> dict:
         items = [self._subset(it) for it in items]
@@ -46,6 +50,7 @@ class WindowCollator:
         types = torch.zeros(b, c, dtype=torch.long)
         pos = torch.zeros(b, c, 3)
         ori = torch.zeros(b, c, 3)
+        ids = torch.zeros(b, c, dtype=torch.long)
         mask = torch.zeros(b, c, dtype=torch.bool)
         for i, it in enumerate(items):
             n = it["signal"].shape[0]
@@ -53,11 +58,22 @@ class WindowCollator:
             types[i, :n] = torch.as_tensor(np.asarray(it["types"], dtype=np.int64))
             pos[i, :n] = torch.as_tensor(np.asarray(it["positions"], dtype=np.float32))
             ori[i, :n] = torch.as_tensor(np.asarray(it["orientations"], dtype=np.float32))
+            ids[i, :n] = torch.as_tensor(_item_channel_ids(it))
             mask[i, :n] = True
-        batch = {"signal": signal, "types": types, "positions": pos, "orientations": ori, "channel_mask": mask}
+        batch = {"signal": signal, "types": types, "positions": pos, "orientations": ori, "channel_ids": ids,
+                 "channel_mask": mask}
         for k in META_KEYS:
             batch[k] = [it.get(k) for it in items]
         return batch
+
+
+def _item_channel_ids(item: dict) -> np.ndarray:
+    """[C] int64 identities: the item's own, else from its channel names, else zeros (no identity)."""
+    if item.get("channel_ids") is not None:
+        return np.asarray(item["channel_ids"], dtype=np.int64)
+    if item.get("channels") is not None:
+        return channel_identities(item["channels"])
+    return np.zeros(item["signal"].shape[0], dtype=np.int64)
 
 
 def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> StreamingDataset:
@@ -72,8 +88,20 @@ def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> S
     return StreamingDataset(str(path), shuffle=shuffle, seed=seed, drop_last=None, item_shuffle_window=0)
 
 
+def recording_weights(recordings: list[str]) -> np.ndarray:
+    """Per-window sampling weights [N] float64 that give every recording the same total weight.
+
+    A recording of 349 single-channel windows and one of 2 windows of 64 channels are then drawn
+    equally often, instead of the long file making up most of training.
+    """
+    counts: dict[str, int] = {}
+    for r in recordings:
+        counts[r] = counts.get(r, 0) + 1
+    return np.array([1.0 / counts[r] for r in recordings], dtype=np.float64)
+
+
 class WindowDataModule(L.LightningDataModule):
-    """Train/val window shards -> `StreamingDataLoader`s (rank- and node-aware, resumable mid-epoch).
+    """Train/val window shards -> data loaders (rank- and node-aware).
 
     Args:
         train: shard directory for training.
@@ -82,6 +110,10 @@ class WindowDataModule(L.LightningDataModule):
         num_workers: loader worker processes.
         max_channels: cap on channels per item (random subset per item); None keeps all.
         seed: shuffle and channel-subset seed.
+        balance: ``"window"``: every window equally likely (litdata's `StreamingDataLoader`, resumable
+            mid-epoch); ``"recording"``: every recording equally likely (`recording_weights`, drawn with
+            replacement, an epoch = as many windows as the set holds). Reading which recording each window
+            comes from costs one pass over the shards at start-up.
     """
 
     def __init__(
@@ -92,8 +124,11 @@ class WindowDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_channels: int | None = 64,
         seed: int = 42,
+        balance: str = "window",
     ):
         super().__init__()
+        if balance not in ("window", "recording"):
+            raise ValueError(f"WindowDataModule: balance must be 'window' or 'recording', got {balance!r}")
         self.save_hyperparameters()
         self.train_ds: StreamingDataset | None = None
         self.val_ds: StreamingDataset | None = None
@@ -101,7 +136,7 @@ class WindowDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if self.train_ds is None:
-            self.train_ds = window_dataset(hp.train, shuffle=True, seed=hp.seed)
+            self.train_ds = window_dataset(hp.train, shuffle=hp.balance == "window", seed=hp.seed)
         if hp.val and self.val_ds is None:
             self.val_ds = window_dataset(hp.val, shuffle=False, seed=hp.seed)
 
@@ -115,7 +150,24 @@ class WindowDataModule(L.LightningDataModule):
             drop_last=train,
         )
 
-    def train_dataloader(self) -> StreamingDataLoader:
+    def _balanced_loader(self) -> torch.utils.data.DataLoader:
+        hp, ds = self.hparams, self.train_ds
+        weights = recording_weights([ds[i]["recording"] for i in range(len(ds))])
+        sampler = torch.utils.data.WeightedRandomSampler(
+            weights, num_samples=len(ds), replacement=True, generator=torch.Generator().manual_seed(hp.seed)
+        )
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            collate_fn=WindowCollator(hp.max_channels, seed=hp.seed),
+            drop_last=True,
+        )
+
+    def train_dataloader(self):
+        if self.hparams.balance == "recording":
+            return self._balanced_loader()
         return self._loader(self.train_ds, train=True)
 
     def val_dataloader(self):

@@ -4,7 +4,8 @@ Output layout (``OUT/``): ``index.json`` and ``chunk-*.bin`` from ``litdata.opti
 ``manifest.json``. Everything is written into a hidden sibling ``.OUT.partial-<id>/`` and renamed
 into place at the end, so a killed run never leaves a directory that reads as valid shards.
 Each item: ``signal`` float16 [C, T], ``types`` int8 [C], ``positions`` float32 [C, 3] (NaN =
-unknown), ``orientations`` float32 [C, 3], ``recording`` str, ``subject`` str, ``t0_s`` float,
+unknown), ``orientations`` float32 [C, 3], ``channel_ids`` int64 [C] (`data.sensors.channel_identity` of each
+name), ``recording`` str, ``subject`` str, ``t0_s`` float,
 ``label`` str ("" when unlabelled).
 """
 
@@ -29,7 +30,7 @@ from .sensors import channel_type_counts
 
 log = logging.getLogger("brainforge.data")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: items carry channel_ids
 CHUNK_BYTES = "64MB"
 MANIFEST = "manifest.json"
 
@@ -59,6 +60,7 @@ def _recording_items(job: _Job):
             "types": layout.types.astype(np.int8),
             "positions": layout.positions.astype(np.float32),
             "orientations": layout.orientations.astype(np.float32),
+            "channel_ids": layout.channel_ids,
         }
         for w in pipe.windows(stats):
             n += 1

@@ -57,7 +57,8 @@ class BaselineClassifier(nn.Module):
                 "n_times": self.n_times, "sfreq": self.sfreq, "kwargs": self.kwargs}
 
     def forward(self, signal: Tensor, types: Tensor | None = None, positions: Tensor | None = None,
-                orientations: Tensor | None = None, channel_mask: Tensor | None = None) -> Tensor:
+                orientations: Tensor | None = None, channel_mask: Tensor | None = None,
+                channel_ids: Tensor | None = None) -> Tensor:
         b, c, t = signal.shape
         if c != self.n_chans or t != self.n_times:
             raise ValueError(f"{self.arch} baseline was trained on {self.n_chans} channels x {self.n_times} samples, "

@@ -295,7 +295,8 @@ class FinetuneModule(L.LightningModule):
             hidden = self._cached_features(batch)
             if hidden is not None:
                 return self.model.head(hidden)
-        return self.model(batch["signal"], batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+        return self.model(batch["signal"], batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"],
+                          batch.get("channel_ids"))
 
     def _cached_features(self, batch: dict) -> Tensor | None:
         """Probe mode: frozen hidden states [B, N, F, D] per item, computed once (see ``cache_features``)."""
@@ -305,7 +306,7 @@ class FinetuneModule(L.LightningModule):
         if any(k not in self._cache for k in keys):
             with torch.no_grad():
                 hidden = self.model.features(batch["signal"], batch["types"], batch["positions"], batch["orientations"],
-                                             batch["channel_mask"])  # fmt: skip
+                                             batch["channel_mask"], batch.get("channel_ids"))  # fmt: skip
             if self._cache_bytes + hidden.numel() * hidden.element_size() > self.hparams.feature_cache_mb * 2**20:
                 return hidden
             for k, h in zip(keys, hidden, strict=True):

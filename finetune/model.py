@@ -146,16 +146,16 @@ class FoundationClassifier(nn.Module):
         return self
 
     def tokenize(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                 channel_mask: Tensor | None = None) -> Tensor:
+                 channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         """-> indices [B, N_latent, T / hop, L] int64 (the tokenizer part, exactly `BrainTokenizer.encode`)."""
-        return self.tokenizer.encode(signal, types, positions, orientations, channel_mask)
+        return self.tokenizer.encode(signal, types, positions, orientations, channel_mask, channel_ids)
 
     def embed(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-              channel_mask: Tensor | None = None) -> Tensor:
+              channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         """-> backbone input [B, N, F, D]."""
         tok = self.tokenizer
         mask = tok._checked_mask(signal, channel_mask)
-        sensor = tok.sensor_encoder(types, positions, orientations)
+        sensor = tok.sensor_encoder(types, positions, orientations, channel_ids)
         latents = tok.encoder(signal.float(), sensor, mask)  # [B, N, F, d_tok]
         if self.input == "tokens":
             _, indices, _ = tok.quantizer(latents)
@@ -165,13 +165,13 @@ class FoundationClassifier(nn.Module):
         return self.backbone.code_proj(z)
 
     def features(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                 channel_mask: Tensor | None = None) -> Tensor:
+                 channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         """-> backbone hidden states [B, N, F, D]."""
-        return self.backbone.encode_embedded(self.embed(signal, types, positions, orientations, channel_mask))
+        return self.backbone.encode_embedded(self.embed(signal, types, positions, orientations, channel_mask, channel_ids))
 
     def forward(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                channel_mask: Tensor | None = None) -> Tensor:
-        return self.head(self.features(signal, types, positions, orientations, channel_mask))
+                channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
+        return self.head(self.features(signal, types, positions, orientations, channel_mask, channel_ids))
 
     # --- training modes ------------------------------------------------------------------------
     def set_mode(self, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,

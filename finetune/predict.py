@@ -148,7 +148,8 @@ class Predictor:
         out = []
         with self._lock:
             for b in self._batches(items):
-                logits = self.model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"])
+                logits = self.model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"],
+                                    b.get("channel_ids"))
                 out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
@@ -161,7 +162,8 @@ class Predictor:
         out = []
         with self._lock:
             for b in self._batches(items):
-                out.append(self.model.tokenize(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"]).cpu().numpy())
+                out.append(self.model.tokenize(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"],
+                                               b.get("channel_ids")).cpu().numpy())
         return np.concatenate(out).astype(np.int64)
 
     def summarise(self, windows: RawWindows, probs: np.ndarray, recording: str | None = None) -> RecordingPrediction:

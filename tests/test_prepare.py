@@ -63,7 +63,7 @@ def test_shards_equal_windows_within_float16(good_shards, fixtures):
 
 def test_manifest_contents(good_shards):
     m = json.loads((good_shards / "manifest.json").read_text())
-    assert m["schema_version"] == 1
+    assert m["schema_version"] == 2
     assert PreprocessingSpec.from_dict(m["preprocessing"]) == PreprocessingSpec()
     for r in m["recordings"]:
         assert len(r["sha256"]) == 64 and r["n_windows"] > 0 and r["scales"]

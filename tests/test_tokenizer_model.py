@@ -207,7 +207,7 @@ def test_losses_masked_and_finite() -> None:
     pred = target.clone()
     pred[1, 2:] = 1e3  # padding rows do not count
     total, terms = reconstruction_losses(pred, target, mask, torch.tensor(0.0), CFG)
-    assert set(terms) == {"time_l1", "pcc", "log_amp", "phase", "commitment"}
+    assert set(terms) == {"time_l1", "pcc", "log_amp", "phase", "commitment", "log_rms"}
     for v in (total, *terms.values()):
         assert torch.isfinite(v) and v.abs() < 1e-4
     total, _ = reconstruction_losses(torch.zeros_like(target), target, mask, torch.tensor(0.0), CFG)

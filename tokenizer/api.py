@@ -51,14 +51,20 @@ class Tokenizer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _geometry(self, layout: SensorLayout, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layout -> types [n, C] int64, positions [n, C, 3], orientations [n, C, 3] on the model's device."""
+    def _geometry(self, layout: SensorLayout, n: int) -> dict[str, torch.Tensor]:
+        """Layout -> types [n, C] int64, positions [n, C, 3], orientations [n, C, 3], channel_ids [n, C] int64
+        on the model's device, as keyword arguments of `BrainTokenizer.encode` / ``decode``."""
 
         def rep(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             t = torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)
             return t.unsqueeze(0).expand(n, *t.shape)
 
-        return rep(layout.types, torch.long), rep(layout.positions, torch.float32), rep(layout.orientations, torch.float32)
+        return {
+            "types": rep(layout.types, torch.long),
+            "positions": rep(layout.positions, torch.float32),
+            "orientations": rep(layout.orientations, torch.float32),
+            "channel_ids": rep(layout.channel_ids, torch.long),
+        }
 
     @torch.no_grad()
     def encode(self, signal: np.ndarray, layout: SensorLayout) -> np.ndarray:
@@ -73,7 +79,7 @@ class Tokenizer:
         out = []
         for start in range(0, len(x), self.batch_size):
             chunk = torch.from_numpy(x[start : start + self.batch_size]).to(self.device)
-            out.append(self.model.encode(chunk, *self._geometry(layout, len(chunk))).cpu().numpy())
+            out.append(self.model.encode(chunk, **self._geometry(layout, len(chunk))).cpu().numpy())
         indices = np.concatenate(out)
         return indices[0] if single else indices
 
@@ -93,6 +99,6 @@ class Tokenizer:
         out = []
         for start in range(0, len(idx), self.batch_size):
             chunk = torch.as_tensor(idx[start : start + self.batch_size], dtype=torch.long, device=self.device)
-            out.append(self.model.decode(chunk, *self._geometry(layout, len(chunk))).cpu().numpy())
+            out.append(self.model.decode(chunk, **self._geometry(layout, len(chunk))).cpu().numpy())
         signal = np.concatenate(out)
         return signal[0] if single else signal

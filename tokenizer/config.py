@@ -1,14 +1,13 @@
 """`TokenizerConfig`: every size of the BrainTokenizer, with `tiny`, `small` and `base` presets.
 
-A window of ``window_samples`` samples at ``sfreq`` Hz is cut into ``n_frames`` frames of ``hop`` samples
-(``hop`` = product of ``conv_strides``); each frame of each of ``n_latent`` latent channels gets
+A window of ``window_samples`` samples at ``sfreq`` Hz is cut into ``n_frames`` frames of ``hop`` samples,
+frame f centred on sample ``f * hop``; each frame of each of ``n_latent`` latent channels gets
 ``rvq_levels`` codes from codebooks of ``codebook_size`` entries. Defaults: 512 samples at 256 Hz,
 hop 64, 8 frames, 16 latents, 4 levels of 1024 codes = 512 tokens per 2 s window.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -27,7 +26,7 @@ class TokenizerConfig:
     # window and framing
     sfreq: float = 256.0
     window_samples: int = 512
-    conv_strides: tuple[int, ...] = (4, 4, 4)
+    hop: int = 64
 
     # widths
     d_model: int = 256
@@ -38,9 +37,9 @@ class TokenizerConfig:
     n_fourier: int = 16
     fourier_sigma: float = 1.0
 
-    # per-channel encoder: inception branches, one kernel per strided layer (NeuroRVQ 21/15/9/5 -> 9/7/5/3)
-    branch_kernels: tuple[tuple[int, ...], ...] = ((21, 9, 9), (15, 7, 7), (9, 5, 5), (5, 3, 3))
-    branch_channels: int = 64
+    # per-channel encoder: one strided convolution per time scale, kernel = scale * hop samples centred on
+    # the frame (0.25, 0.5 and 1 s at 256 Hz), the multi-scale idea of NeuroRVQ's inception branches
+    patch_scales: tuple[int, ...] = (1, 2, 4)
     # time-frequency motif path (torch.stft, Hann window, hop = frame hop)
     stft_n_fft: int = 128
     spectral_mask_prob: float = 0.1
@@ -59,12 +58,17 @@ class TokenizerConfig:
     threshold_ema_dead_code: int = 2
     rotation_trick: bool = True
 
-    # decoder: channels after each transposed-conv stage (same count as conv_strides, reversed strides)
-    decoder_channels: tuple[int, ...] = (128, 64, 32)
+    # gain-shape coding: each channel-window is divided by its RMS (floored, scaled units) before the
+    # encoder, which also gets log RMS; the decoder rebuilds shape and log RMS; losses are scored per
+    # channel-window on the target's RMS scale, so no heavy-tailed recording dominates
+    rms_floor: float = 0.05
 
     # training extras
     channel_dropout: float = 0.25
     input_noise_std: float = 0.1
+    # share of training samples whose positions are all hidden, so that identities from channel names
+    # (used for channels without positions) are learned on every kind of recording
+    position_dropout: float = 0.2
 
     # losses: log(|X| + floor) on the orthonormal rfft, and the weights of the total
     log_amp_floor: float = 0.1
@@ -73,28 +77,25 @@ class TokenizerConfig:
     weight_log_amp: float = 1.0
     weight_phase: float = 0.5
     weight_commitment: float = 1.0
+    weight_log_rms: float = 1.0
 
     def __post_init__(self) -> None:
-        n_layers = len(self.conv_strides)
+        if self.hop < 2 or self.hop % 2:
+            raise ValueError(f"TokenizerConfig: hop {self.hop} must be an even number of samples")
         if self.window_samples % self.hop:
             raise ValueError(f"TokenizerConfig: window_samples {self.window_samples} is not a multiple of hop {self.hop}")
-        if any(len(k) != n_layers for k in self.branch_kernels):
-            raise ValueError(f"TokenizerConfig: each of branch_kernels {self.branch_kernels} needs {n_layers} kernels")
-        if any(k % 2 == 0 for ks in self.branch_kernels for k in ks):
-            raise ValueError(f"TokenizerConfig: branch_kernels {self.branch_kernels} must be odd")
-        if len(self.decoder_channels) != n_layers:
-            raise ValueError(f"TokenizerConfig: decoder_channels {self.decoder_channels} needs {n_layers} entries")
+        if not self.patch_scales or any(s < 1 for s in self.patch_scales):
+            raise ValueError(f"TokenizerConfig: patch_scales {self.patch_scales} must be positive integers")
         if self.d_model % self.n_heads:
             raise ValueError(f"TokenizerConfig: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.stft_n_fft < self.hop:
             raise ValueError(f"TokenizerConfig: stft_n_fft {self.stft_n_fft} is shorter than hop {self.hop}")
+        if not 0.0 <= self.position_dropout <= 1.0:
+            raise ValueError(f"TokenizerConfig: position_dropout {self.position_dropout} must be in [0, 1]")
+        if self.rms_floor <= 0:
+            raise ValueError(f"TokenizerConfig: rms_floor {self.rms_floor} must be positive")
         if not 0.0 <= self.channel_dropout < 1.0:
             raise ValueError(f"TokenizerConfig: channel_dropout {self.channel_dropout} must be in [0, 1)")
-
-    @property
-    def hop(self) -> int:
-        """Samples per frame (product of the encoder strides)."""
-        return math.prod(self.conv_strides)
 
     @property
     def n_frames(self) -> int:
@@ -131,12 +132,9 @@ class TokenizerConfig:
             d_model=32,
             n_heads=2,
             n_fourier=8,
-            branch_kernels=((9, 5, 5), (5, 3, 3)),
-            branch_channels=8,
             n_latent_layers=1,
             codebook_size=256,
             codebook_dim=16,
-            decoder_channels=(16, 8, 8),
         )
 
     @classmethod
@@ -145,10 +143,8 @@ class TokenizerConfig:
         return cls(
             d_model=128,
             n_heads=4,
-            branch_channels=32,
             n_latent_layers=1,
             codebook_dim=64,
-            decoder_channels=(64, 32, 16),
         )
 
     @classmethod

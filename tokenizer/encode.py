@@ -37,7 +37,8 @@ def _encode_range(job: tuple[str, str, int, int, int]):
     for lo in range(start, stop, batch_size):
         batch = collate([ds[i] for i in range(lo, min(lo + batch_size, stop))])
         with torch.no_grad():
-            idx = model.encode(batch["signal"], batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+            idx = model.encode(batch["signal"], batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"],
+                               batch["channel_ids"])
         n_ch = batch["channel_mask"].sum(1).tolist()
         for j in range(idx.shape[0]):
             yield {

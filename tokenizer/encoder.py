@@ -1,70 +1,65 @@
 """Per-channel encoder and channel compression.
 
 Each real channel is encoded on its own by two paths that produce the same F frames of ``hop`` samples:
-(a) NeuroRVQ-style inception branches of strided temporal convolutions, and (b) a TFM-style
-time-frequency motif path on `torch.stft` log-magnitudes. Frame f of both paths is centred on sample
-``f * hop``: every conv uses padding ``k // 2`` (so stride s maps output n to input n * s) and the STFT
-uses ``center=True`` with the same hop. The fused per-channel frames are then compressed onto
-``n_latent`` learned queries that cross-attend over the channels (keys and values = channel features +
-sensor embedding, padded channels masked out). No channel index is used anywhere, so the result is
+(a) multi-scale strided temporal convolutions (NeuroRVQ's multi-scale idea, one wide kernel per scale)
+and (b) a TFM-style time-frequency motif path on `torch.stft` log-magnitudes. Frame f of both paths is
+centred on sample ``f * hop``: every scale's kernel is centred there and the STFT uses ``center=True``
+with the same hop. The fused per-channel frames are then compressed onto ``n_latent`` learned queries
+that cross-attend over the channels (keys = sensor embeddings, values = channel features + sensor
+embedding, padded channels masked out). No channel index is used anywhere, so the result is
 invariant to channel order and to the number of padded channels.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
+from tokenizer.losses import channel_rms
 from tokenizer.layers import (
     CrossAttentionBlock,
     FeedForward,
     SelfAttentionBlock,
     init_convs_,
+    orthogonal_rows,
     scatter_channels,
 )
 
 
-class InceptionBranch(nn.Module):
-    """One temporal branch: strided Conv1d -> GELU per stage. x: [N, 1, T] -> [N, c, T / hop].
-
-    No normalisation layer: a GroupNorm over one channel's feature map would divide out that channel's
-    amplitude, which the per-type robust scaling deliberately keeps.
-    """
-
-    def __init__(self, kernels: tuple[int, ...], strides: tuple[int, ...], channels: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 1
-        for kernel, stride in zip(kernels, strides, strict=True):
-            layers += [
-                nn.Conv1d(in_channels, channels, kernel, stride=stride, padding=kernel // 2),
-                nn.GELU(),
-            ]
-            in_channels = channels
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 class MultiScaleTemporalEncoder(nn.Module):
-    """Inception branches with different kernels, concatenated and mixed. x: [N, T] -> [N, D, F]."""
+    """Multi-scale strided convolutions, one per time scale. x: [N, T] -> [N, F, D].
+
+    Scale s looks at the ``s * hop`` samples centred on each frame (zero-padded at the window's edges):
+    a Conv1d(1 -> D, kernel s * hop, stride hop), computed as unfold + one matrix product, which on CPU is
+    an order of magnitude faster than stacks of small strided convolutions (measured: 2.35 s against
+    0.1 s per 512 channels, forward + backward). The scales' projections are summed, then a GELU MLP.
+    """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        self.branches = nn.ModuleList(
-            InceptionBranch(kernels, cfg.conv_strides, cfg.branch_channels) for kernels in cfg.branch_kernels
-        )
-        self.mix = nn.Conv1d(len(cfg.branch_kernels) * cfg.branch_channels, cfg.d_model, 1)
+        self.hop = cfg.hop
+        self.lengths = tuple(s * cfg.hop for s in cfg.patch_scales)
+        self.project = nn.ModuleList(nn.Linear(length, cfg.d_model) for length in self.lengths)
+        self.mix = nn.Sequential(nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, None, :]
-        return self.mix(torch.cat([branch(x) for branch in self.branches], dim=1))
+        n_frames = x.shape[-1] // self.hop
+        h = 0
+        for length, project in zip(self.lengths, self.project, strict=True):
+            half = length // 2
+            patches = F.pad(x, (half, length - half)).unfold(-1, length, self.hop)[:, :n_frames]
+            h = h + project(patches)
+        return self.mix(h)
 
 
 class SpectralMotifEncoder(nn.Module):
-    """Time-frequency path: log(1 + |STFT|) frames -> conv over 3 frames x all bins. x: [N, T] -> [N, D, F].
+    """Time-frequency path: log(1 + |STFT|) frames -> conv over 3 frames x all bins. x: [N, T] -> [N, F, D].
+
+    Each frame's log-magnitudes are centred over frequency (the spectral shape; the frame's level is
+    the temporal path's business): uncentred positive log-magnitudes give every channel nearly the same
+    feature vector (measured: cosine 0.94 between channels of white noise).
 
     In training, whole frequency bins are masked independently per channel with ``spectral_mask_prob``.
     """
@@ -85,47 +80,63 @@ class SpectralMotifEncoder(nn.Module):
         n_frames = x.shape[-1] // self.hop
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
         logmag = torch.log1p(spec.abs()[..., :n_frames])
+        logmag = logmag - logmag.mean(dim=1, keepdim=True)
         if self.training and self.mask_prob > 0:
             keep = torch.rand(logmag.shape[:2], device=x.device) >= self.mask_prob
             logmag = logmag * keep[..., None]
-        return self.net(logmag)
+        return self.net(logmag).transpose(1, 2)
 
 
 class ChannelEncoder(nn.Module):
-    """Fuses the temporal and spectral paths per channel. x: [N, T] scaled units -> [N, F, D]."""
+    """Fuses the temporal and spectral paths per channel. x: [N, T] scaled units -> [N, F, D].
+
+    Gain-shape input: the paths see x / rms(x) (unit RMS whatever the recording's amplitude), and
+    log rms(x) enters every frame through a learned vector, so the amplitude still reaches the tokens.
+    """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
+        self.rms_floor = cfg.rms_floor
         self.temporal = MultiScaleTemporalEncoder(cfg)
         self.spectral = SpectralMotifEncoder(cfg)
         self.fuse = nn.Linear(2 * cfg.d_model, cfg.d_model)
+        self.gain = nn.Linear(1, cfg.d_model, bias=False)  # a bias here would be one vector shared by all channels
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_mult)
         init_convs_(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = torch.cat([self.temporal(x), self.spectral(x)], dim=1).transpose(1, 2)
-        return self.ffn(self.fuse(h))
+        rms = channel_rms(x, self.rms_floor)
+        shape = x / rms[:, None]
+        h = torch.cat([self.temporal(shape), self.spectral(shape)], dim=-1)
+        return self.ffn(self.fuse(h) + self.gain(rms.log()[:, None])[:, None, :])
 
 
 class ChannelCompressor(nn.Module):
     """``n_latent`` learned queries cross-attend over channels, per frame, then self-attend among themselves.
 
     features: [B, C, F, D]; sensor: [B, C, D]; mask: [B, C] bool (True = channel visible) -> [B, N_latent, F, D].
+
+    Non-redundant latents: the queries are orthogonal at unit RMS (not tiny and alike), the attention
+    keys are the channels' sensor embeddings (so each latent pools its own region of the head, the same
+    in every frame, and the decoder can mirror the routing), and a latent is the pooled content only:
+    the query itself is not added back, so a latent carries no constant "which latent am I" vector that
+    would fill the first code level.
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(cfg.n_latent, cfg.d_model) * 0.02)
-        self.cross = CrossAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult)
+        self.latents = nn.Parameter(orthogonal_rows(cfg.n_latent, cfg.d_model))
+        self.cross = CrossAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult, add_query=False, sharpness=8.0)
         self.mixers = nn.ModuleList(
             SelfAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult) for _ in range(cfg.n_latent_layers)
         )
 
     def forward(self, features: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
         b, c, f, d = features.shape
-        context = (features + sensor[:, :, None, :]).permute(0, 2, 1, 3).reshape(b * f, c, d)
+        values = (features + sensor[:, :, None, :]).permute(0, 2, 1, 3).reshape(b * f, c, d)
+        keys = sensor[:, None].expand(b, f, c, d).reshape(b * f, c, d)
         key_mask = mask[:, None, :].expand(b, f, c).reshape(b * f, c)
-        z = self.cross(self.latents.expand(b * f, -1, -1), context, key_mask)
+        z = self.cross(self.latents.expand(b * f, -1, -1), values, key_mask, keys=keys)
         for mixer in self.mixers:
             z = mixer(z)
         return z.view(b, f, -1, d).transpose(1, 2)

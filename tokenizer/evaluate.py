@@ -37,7 +37,7 @@ def evaluate(
     bits, first = [], None
     for lo in tqdm(range(0, n, batch_size), desc="eval", unit="batch", disable=not progress):
         batch = collate([ds[i] for i in range(lo, min(lo + batch_size, n))])
-        geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"])
+        geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"], batch["channel_ids"])
         idx = model.encode(batch["signal"], *geo)
         recon = model.decode(idx, *geo)
         rec.update(recon, batch["signal"], batch["types"], batch["channel_mask"])

@@ -24,54 +24,79 @@ class FeedForward(nn.Module):
 class CrossAttention(nn.Module):
     """Multi-head attention of queries over a key/value set, with an optional key mask.
 
-    queries: [N, Q, D]; context: [N, K, D]; key_mask: [N, K] bool, True = attend (each row needs one True).
+    queries: [N, Q, D]; context: [N, K, D] (values, and keys unless ``keys`` [N, K, D] is given);
+    key_mask: [N, K] bool, True = attend (each row needs one True).
     Returns [N, Q, D]. The output is a sum over keys, so it does not depend on the keys' order.
     """
 
-    def __init__(self, dim: int, n_heads: int) -> None:
+    def __init__(self, dim: int, n_heads: int, sharpness: float | None = None) -> None:
         super().__init__()
         self.n_heads = n_heads
+        # optional learned per-head logit scale, starting at ``sharpness``: attention that is selective from
+        # the first step, instead of near-uniform averages that make every query's output alike
+        self.log_sharpness = None if sharpness is None else nn.Parameter(torch.full((n_heads,), math.log(sharpness)))
         self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         n, length, dim = x.shape
         return x.view(n, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
 
-    def forward(self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None, keys: Tensor | None = None
+    ) -> Tensor:
         q = self._split_heads(self.to_q(queries))
-        k, v = (self._split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
+        if self.log_sharpness is not None:
+            q = q * self.log_sharpness.exp()[None, :, None, None]
+        k = self._split_heads(self.to_k(context if keys is None else keys))
+        v = self._split_heads(self.to_v(context))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
 class CrossAttentionBlock(nn.Module):
-    """Pre-norm residual cross-attention plus feed-forward.
+    """Pre-norm cross-attention plus feed-forward.
 
-    queries: [N, Q, D], context: [N, K, D], key_mask: [N, K] bool (True = attend) -> [N, Q, D].
+    queries: [N, Q, D], context: [N, K, D], key_mask: [N, K] bool (True = attend), optional keys [N, K, D]
+    (else the context) -> [N, Q, D]. With ``add_query`` (default) the queries are added back (residual);
+    without it the output is the attended content alone.
     """
 
-    def __init__(self, dim: int, n_heads: int, ffn_mult: int) -> None:
+    def __init__(
+        self, dim: int, n_heads: int, ffn_mult: int, add_query: bool = True, sharpness: float | None = None
+    ) -> None:
         super().__init__()
+        self.add_query = add_query
         self.norm_q = nn.RMSNorm(dim)
         self.norm_kv = nn.RMSNorm(dim)
-        self.attn = CrossAttention(dim, n_heads)
+        self.norm_k = nn.RMSNorm(dim)
+        self.attn = CrossAttention(dim, n_heads, sharpness)
         self.ffn = FeedForward(dim, ffn_mult)
 
-    def forward(self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        x = queries + self.attn(self.norm_q(queries), self.norm_kv(context), key_mask)
-        return self.ffn(x)
+    def forward(
+        self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None, keys: Tensor | None = None
+    ) -> Tensor:
+        keys = None if keys is None else self.norm_k(keys)
+        x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys)
+        return self.ffn(queries + x if self.add_query else x)
 
 
 class SelfAttentionBlock(nn.Module):
-    """Pre-norm residual self-attention plus feed-forward over a set. x: [N, S, D] -> [N, S, D]."""
+    """Pre-norm residual self-attention plus feed-forward over a set. x: [N, S, D] -> [N, S, D].
+
+    The attention's output projection starts at zero, so the block starts as (nearly) the identity: at
+    initialisation a near-uniform self-attention would add the same average to every member of the set.
+    """
 
     def __init__(self, dim: int, n_heads: int, ffn_mult: int) -> None:
         super().__init__()
         self.norm = nn.RMSNorm(dim)
         self.attn = CrossAttention(dim, n_heads)
+        nn.init.zeros_(self.attn.to_out.weight)
+        nn.init.zeros_(self.attn.to_out.bias)
         self.ffn = FeedForward(dim, ffn_mult)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,6 +118,13 @@ def init_convs_(module: nn.Module, gain: float = math.sqrt(2.0)) -> None:
                 fan_in /= conv.stride[0]
             nn.init.normal_(conv.weight, std=gain / math.sqrt(fan_in))
             nn.init.zeros_(conv.bias)
+
+
+def orthogonal_rows(n: int, dim: int) -> Tensor:
+    """[n, dim] rows that are orthogonal to one another (when n <= dim) at unit RMS per entry."""
+    rows = torch.empty(n, dim)
+    nn.init.orthogonal_(rows)
+    return rows * math.sqrt(dim) / rows.norm(dim=1, keepdim=True)
 
 
 def scatter_channels(values: Tensor, mask: Tensor) -> Tensor:

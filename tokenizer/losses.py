@@ -8,6 +8,13 @@
 - unit-circle phase loss: amplitude-weighted 1 - cos(dphi), with cos(dphi) taken from the product of the
   unit phasors X/|X| and Y/|Y|. It never differences `torch.angle` values, so it has no 2 pi wrap.
 
+- log RMS: |log rms(pred) - log rms(target)| per channel-window.
+
+Every term but log RMS is scored on the target's scale: pred and target are both divided by the target
+channel-window's RMS (floored at ``rms_floor``) first, as BrainOmni z-scores its targets. So a
+recording with heavy tails (RMS 20 in scaled units) weighs as much as a quiet one, and the time terms
+measure the waveform's shape the way PCC does, while log RMS keeps the amplitude honest.
+
 Signals are [B, C, T] in scaled units; every term is a scalar tensor.
 """
 
@@ -25,6 +32,12 @@ def masked_channel_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of per-channel values [B, C] over the channels where mask [B, C] is True."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def channel_rms(x: Tensor, floor: float) -> Tensor:
+    """Root mean square over time, floored: [..., T] -> [...]. Floored before the square root, whose
+    gradient at 0 is infinite (a zero prediction would give NaN gradients)."""
+    return x.float().square().mean(dim=-1).clamp_min(floor**2).sqrt()
 
 
 def time_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -86,9 +99,14 @@ def reconstruction_losses(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """pred, target: [B, C, T]; mask: [B, C] bool; commitment: scalar from the quantizer.
 
-    Returns (weighted total, {"time_l1", "pcc", "log_amp", "phase", "commitment"}). Computed in float32.
+    Returns (weighted total, {"time_l1", "pcc", "log_amp", "phase", "commitment", "log_rms"}). Computed in float32.
     """
     pred, target = pred.float(), target.float()
+    target_rms = channel_rms(target, cfg.rms_floor)
+    pred_rms = channel_rms(pred, cfg.rms_floor)
+    scale = target_rms.detach()[..., None]
+    log_rms = (pred_rms.log() - target_rms.log()).abs()
+    pred, target = pred / scale, target / scale
     pred_spec, target_spec = spectrum(pred), spectrum(target)
     terms = {
         "time_l1": time_l1(pred, target, mask),
@@ -96,6 +114,7 @@ def reconstruction_losses(
         "log_amp": log_amplitude_loss(pred_spec, target_spec, mask, cfg.log_amp_floor),
         "phase": unit_circle_phase_loss(pred_spec, target_spec, mask),
         "commitment": commitment,
+        "log_rms": masked_channel_mean(log_rms, mask),
     }
     weights = {
         "time_l1": cfg.weight_time_l1,
@@ -103,6 +122,7 @@ def reconstruction_losses(
         "log_amp": cfg.weight_log_amp,
         "phase": cfg.weight_phase,
         "commitment": cfg.weight_commitment,
+        "log_rms": cfg.weight_log_rms,
     }
     total = sum(weights[name] * value for name, value in terms.items())
     return total, terms

@@ -121,3 +121,50 @@ class CodebookUsage:
             out[f"usage_l{level}"] = (counts > 0).double().mean().item()
             out[f"perplexity_l{level}"] = entropy.exp().item()
         return out
+
+
+def channel_correlation(signal: Tensor, channel_mask: Tensor | None = None) -> Tensor:
+    """Mean Pearson correlation between distinct real channels of each window: [B, C, T] -> [B].
+
+    Windows with fewer than 2 real channels give NaN. Comparing this for a reconstruction and its
+    original tells whether the decoder gives channels their own waveforms (a decoder that gives every
+    channel the same waveform scores 1.0 whatever the original's value).
+    """
+    x = signal.float()
+    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if channel_mask is None else channel_mask.bool()
+    x = (x - x.mean(dim=-1, keepdim=True)) * mask[..., None]
+    x = x / (x.square().sum(dim=-1, keepdim=True) + EPS).sqrt()
+    corr = x @ x.transpose(1, 2)  # [B, C, C]
+    n = mask.sum(dim=1).double()
+    off = corr.double().sum(dim=(1, 2)) - corr.double().diagonal(dim1=1, dim2=2).sum(dim=1)
+    return torch.where(n >= 2, off / (n * (n - 1)).clamp_min(1), torch.full_like(n, float("nan"))).float()
+
+
+def token_redundancy(indices: Tensor) -> dict[str, float]:
+    """How predictable tokens are from their neighbours: indices [B, N_latent, F, L] int -> floats per level l.
+
+    - ``distinct_l{l}``: distinct codes among the N latents of a frame (mean over frames; N is the most);
+    - ``spatial_copy_l{l}``: accuracy of predicting a token by the commonest code of the *other* latents of
+      the same frame (ties -> the smallest code);
+    - ``frame_copy_l{l}``: accuracy of predicting a token by the same latent's code in the previous frame.
+    """
+    idx = indices.long()
+    b, n, f, n_levels = idx.shape
+    out: dict[str, float] = {}
+    for level in range(n_levels):
+        codes = idx[..., level].permute(0, 2, 1).reshape(b * f, n)  # [frames, N]
+        same = codes[:, :, None] == codes[:, None, :]  # [frames, N, N]
+        out[f"distinct_l{level}"] = float(
+            (same.float().sum(dim=2).reciprocal().sum(dim=1)).mean()
+        )  # sum over latents of 1 / (size of its code's group) = number of distinct codes
+        # for latent i, latent j != i votes for its code with the size of that code's group among the others
+        # (j's group size, minus 1 if i shares the code); the best-supported code wins, ties to the smaller
+        recount = same.float().sum(dim=2)[:, None, :] - same.float()  # [frames, i, j]
+        score = recount - torch.eye(n, device=idx.device) * 1e9 - codes[:, None, :].float() * 1e-6
+        best = score.argmax(dim=2)  # [frames, N]: the latent whose code is predicted
+        guess = torch.gather(codes, 1, best)
+        out[f"spatial_copy_l{level}"] = float((guess == codes).float().mean()) if n > 1 else float("nan")
+        out[f"frame_copy_l{level}"] = (
+            float((idx[:, :, 1:, level] == idx[:, :, :-1, level]).float().mean()) if f > 1 else float("nan")
+        )
+    return out

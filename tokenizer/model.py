@@ -41,6 +41,12 @@ def sample_channel_dropout(mask: Tensor, fraction: float, generator: torch.Gener
     return mask & (rank >= n_drop[:, None])
 
 
+def sample_position_dropout(positions: Tensor, fraction: float, generator: torch.Generator | None = None) -> Tensor:
+    """Hide every position (NaN) of a random ``fraction`` of the samples: positions [B, C, 3] -> [B, C, 3]."""
+    hide = torch.rand(positions.shape[0], device=positions.device, generator=generator) < fraction
+    return torch.where(hide[:, None, None], torch.full_like(positions, float("nan")), positions)
+
+
 class BrainTokenizer(nn.Module):
     """EEG/MEG windows of any sensor layout <-> indices [B, N_latent, F, L].
 
@@ -72,10 +78,13 @@ class BrainTokenizer(nn.Module):
         """One training/validation pass.
 
         batch: ``signal`` [B, C, T] float scaled units, ``types`` [B, C] int, ``positions`` [B, C, 3] metres
-        (NaN = unknown), ``orientations`` [B, C, 3], optional ``channel_mask`` [B, C] bool.
+        (NaN = unknown), ``orientations`` [B, C, 3], optional ``channel_ids`` [B, C] int64 (name identities,
+        0 = none) and ``channel_mask`` [B, C] bool.
         In training mode, with ``channel_dropout``, a fresh random ``config.channel_dropout`` share of each
-        sample's real channels is hidden from the encoder, and Gaussian noise of std ``input_noise_std`` is
-        added to the encoder input; all real channels are reconstructed and scored.
+        sample's real channels is hidden from the encoder, Gaussian noise of std ``input_noise_std`` is
+        added to the encoder input, and a ``config.position_dropout`` share of the samples lose all their
+        positions (encoder and decoder then tell channels apart by name identity); all real channels are
+        reconstructed and scored.
 
         Returns ``recon`` [B, C, T] (float32, or the autocast dtype), ``indices`` [B, N_latent, F, L] int64,
         ``encoder_mask`` [B, C] bool (channels the encoder saw), ``loss`` (weighted total) and ``losses``
@@ -83,7 +92,10 @@ class BrainTokenizer(nn.Module):
         """
         signal = batch["signal"].float()
         mask = self._checked_mask(signal, batch.get("channel_mask"))
-        sensor = self.sensor_encoder(batch["types"], batch["positions"], batch["orientations"])
+        positions = batch["positions"]
+        if self.training and self.config.position_dropout > 0:
+            positions = sample_position_dropout(positions.float(), self.config.position_dropout)
+        sensor = self.sensor_encoder(batch["types"], positions, batch["orientations"], batch.get("channel_ids"))
         visible, noisy = mask, signal
         if self.training:
             if channel_dropout and self.config.channel_dropout > 0:
@@ -102,13 +114,15 @@ class BrainTokenizer(nn.Module):
         positions: Tensor,
         orientations: Tensor,
         channel_mask: Tensor | None = None,
+        channel_ids: Tensor | None = None,
     ) -> Tensor:
-        """signal [B, C, T] scaled units (T a multiple of hop) + geometry -> indices [B, N_latent, T / hop, L] int64.
+        """signal [B, C, T] scaled units (T a multiple of hop) + geometry (and name identities [B, C] int64,
+        needed for channels without positions) -> indices [B, N_latent, T / hop, L] int64.
 
         Use in eval mode: in training mode the quantizer would update its codebooks.
         """
         mask = self._checked_mask(signal, channel_mask)
-        sensor = self.sensor_encoder(types, positions, orientations)
+        sensor = self.sensor_encoder(types, positions, orientations, channel_ids)
         _, indices, _ = self.quantizer(self.encoder(signal.float(), sensor, mask))
         return indices.long()
 
@@ -119,9 +133,11 @@ class BrainTokenizer(nn.Module):
         positions: Tensor,
         orientations: Tensor,
         channel_mask: Tensor | None = None,
+        channel_ids: Tensor | None = None,
     ) -> Tensor:
-        """indices [B, N_latent, F, L] + target geometry ([B, C] types, [B, C, 3] positions/orientations) ->
-        signal [B, C, F * hop] float32 scaled units. The target sensors may differ from the encoded ones."""
+        """indices [B, N_latent, F, L] + target geometry ([B, C] types, [B, C, 3] positions/orientations,
+        [B, C] name identities) -> signal [B, C, F * hop] float32 scaled units. The target sensors may
+        differ from the encoded ones."""
         mask = default_mask(channel_mask, types)
-        sensor = self.sensor_encoder(types, positions, orientations)
+        sensor = self.sensor_encoder(types, positions, orientations, channel_ids)
         return self.decoder(self.quantizer.indices_to_codes(indices), sensor, mask)
