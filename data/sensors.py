@@ -305,8 +305,9 @@ ELECTRODE_ALIASES: dict[str, str] = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "
 ELECTRODE_ALIASES.update({new: old for old, new in list(ELECTRODE_ALIASES.items())})
 _ALIAS_BY_KEY = {k.lower(): (k, v) for k, v in ELECTRODE_ALIASES.items()}
 
-#: "C3-front" / "C3-pariet" (BCI Competition II Ia, SCP1): the electrode moved this far (metres) along
-#: the head frame's +y (anterior, towards the nasion) or -y (posterior) axis.
+#: "C3-front" / "C3-pariet" (BCI Competition II Ia, SCP1: 2 cm frontal / parietal of C3): the electrode
+#: moved this far (metres) along the head frame's +y (anterior, towards the nasion) or -y (posterior)
+#: axis. A straight shift, not along the scalp: over C3/C4 the point ends up a few millimetres off it.
 DIRECTIONAL_OFFSET_M = 0.02
 _ANTERIOR = ("front", "frontal", "ant", "anterior")
 _POSTERIOR = ("pariet", "parietal", "post", "posterior")

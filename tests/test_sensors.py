@@ -184,6 +184,8 @@ def test_montage_name_keys_find_the_electrode(label: str, expected: str) -> None
 
 @pytest.mark.parametrize("label", ["C3-front", "Fp1-F3", "C3-Cz", "POL E"])
 def test_bipolar_and_unknown_labels_do_not_match(label: str) -> None:
+    """Name keys alone never turn a pair into one electrode; `resolve_montage_position` handles pairs and
+    offsets (tests/test_positions.py)."""
     table = montage_positions("standard_1005")
     assert not any(k in table for k in montage_name_keys(label))
 
