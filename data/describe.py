@@ -6,8 +6,10 @@ from collections import Counter
 from pathlib import Path
 
 from .readers import open_raw
-from .sensors import channel_type_counts, layout_from_info
+from .sensors import SensorLayout, channel_type_counts, layout_from_info
 from .shards import MANIFEST, read_manifest
+
+_MAX_UNKNOWN_LISTED = 64  # unknown-position channel names listed by inspect
 
 
 def describe(path: str | Path) -> dict:
@@ -20,7 +22,7 @@ def describe(path: str | Path) -> dict:
 
 def _describe_recording(path: Path) -> dict:
     raw = open_raw(path, preload=False)
-    layout, _ = layout_from_info(raw.info)
+    layout, _ = layout_from_info(raw.info, name=str(path))
     known = layout.position_known
     ann = Counter(raw.annotations.description)
     info = {
@@ -31,6 +33,7 @@ def _describe_recording(path: Path) -> dict:
         "model_channels": layout.counts(),
         "positions_found": int(known.sum()),
         "positions_missing": [n for n, k in zip(layout.names, known, strict=True) if not k],
+        "position_sources": dict(zip(layout.names, layout.position_sources or (), strict=False)),
         "bads": list(raw.info["bads"]),
         "line_freq": raw.info.get("line_freq"),
         "annotations": dict(ann),
@@ -40,13 +43,47 @@ def _describe_recording(path: Path) -> dict:
         f"  sfreq {info['sfreq']:g} Hz, duration {info['duration_s']:.2f} s",
         "  channels: " + ", ".join(f"{k} {v}" for k, v in info["channel_types"].items()),
         "  model input: " + ", ".join(f"{k} {v}" for k, v in info["model_channels"].items() if v),
-        f"  positions: {info['positions_found']} found, {len(info['positions_missing'])} missing"
-        + (f" ({', '.join(info['positions_missing'][:10])}{' ...' if len(info['positions_missing']) > 10 else ''})" if info["positions_missing"] else ""),
+        *position_lines(layout),
         f"  bads: {', '.join(info['bads']) or 'none'}",
         "  annotations: " + (", ".join(f"{k!r} x{v}" for k, v in ann.most_common(12)) or "none"),
     ]
     info["text"] = "\n".join(lines)
     return info
+
+
+def position_lines(layout: SensorLayout, indent: str = "  ") -> list[str]:
+    """Which rule gave each position: a count per rule, then the channels of the derived rules.
+
+    E.g. "positions: 2 found, 1 missing; by rule: 1 bipolar, 1 offset, 1 unknown", then
+    "bipolar: A1-Cz (A1+Cz)", "offset: C3-front (C3+2cm-anterior)", "unknown: EEG 000".
+    """
+    known = layout.position_known
+    head = f"{indent}positions: {int(known.sum())} found, {int((~known).sum())} missing"
+    if layout.position_sources is None:  # a layout built without rules recorded
+        missing = [n for n, k in zip(layout.names, known, strict=True) if not k]
+        return [head + (f" ({_listed(missing)})" if missing else "")]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, src in zip(layout.names, layout.position_sources, strict=True):
+        rule, _, detail = src.partition(":")
+        key = src if rule in ("file", "montage", "unknown") else rule  # montages by name; derived rules by kind
+        groups.setdefault(key, []).append((name, detail))
+    lines = [head + "; by rule: " + ", ".join(f"{len(v)} {k}" for k, v in groups.items())]
+    for rule in ("alias", "offset", "bipolar"):
+        if rule in groups:
+            lines.append(f"{indent}  {rule}: " + ", ".join(f"{n} ({_rule_detail(rule, d)})" for n, d in groups[rule]))
+    if "unknown" in groups:
+        lines.append(f"{indent}  unknown (identified by name only): " + _listed([n for n, _ in groups["unknown"]]))
+    return lines
+
+
+def _rule_detail(rule: str, detail: str) -> str:
+    """"Fp1-F3" -> "Fp1+F3" for bipolar pairs (the midpoint of both); other details as recorded."""
+    return detail.replace("-", "+", 1) if rule == "bipolar" else detail
+
+
+def _listed(names: list[str]) -> str:
+    out = ", ".join(names[:_MAX_UNKNOWN_LISTED])
+    return out + (f", ... ({len(names) - _MAX_UNKNOWN_LISTED} more)" if len(names) > _MAX_UNKNOWN_LISTED else "")
 
 
 def _describe_shards(path: Path) -> dict:

@@ -44,13 +44,17 @@ class SensorLayout:
     """Model-input channels of one recording.
 
     names: C channel names; types: [C] int8 (SensorType); positions: [C, 3] float32 metres,
-    head frame, NaN rows where unknown; orientations: [C, 3] float32 (zeros for EEG).
+    head frame, NaN rows where unknown; orientations: [C, 3] float32 (zeros for EEG);
+    position_sources: None (not recorded) or C strings naming the rule that gave each position (see
+    `layout_from_info`): "file", "montage:<montage>", "alias:T3->T7", "bipolar:Fp1-F3",
+    "offset:C3+2cm-anterior" or "unknown".
     """
 
     names: tuple[str, ...]
     types: np.ndarray
     positions: np.ndarray
     orientations: np.ndarray
+    position_sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -59,6 +63,11 @@ class SensorLayout:
                 f"SensorLayout: {n} names but types {self.types.shape}, positions {self.positions.shape}, "
                 f"orientations {self.orientations.shape}"
             )
+        if self.position_sources is not None:
+            sources = tuple(str(x) for x in self.position_sources)
+            if len(sources) != n:
+                raise ValueError(f"SensorLayout: {n} names but {len(sources)} position_sources")
+            object.__setattr__(self, "position_sources", sources)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,11 +87,13 @@ class SensorLayout:
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
+        sources = self.position_sources
         return SensorLayout(
             names=tuple(self.names[i] for i in idx),
             types=self.types[idx],
             positions=self.positions[idx],
             orientations=self.orientations[idx],
+            position_sources=None if sources is None else tuple(sources[i] for i in idx),
         )
 
     def counts(self) -> dict[str, int]:
@@ -90,24 +101,32 @@ class SensorLayout:
         return {t.name.lower(): int((self.types == t).sum()) for t in SensorType}
 
     def to_dict(self) -> dict[str, list]:
-        """JSON-friendly form for manifests: lists of names/ints/floats, NaN written as None."""
-        return {
+        """JSON-friendly form for manifests: lists of names/ints/floats, NaN written as None.
+
+        ``position_sources`` is written only when recorded (dicts of layouts without it are unchanged).
+        """
+        d = {
             "names": list(self.names),
             "types": [int(t) for t in self.types],
             "positions": _rows_to_json(self.positions),
             "orientations": _rows_to_json(self.orientations),
         }
+        if self.position_sources is not None:
+            d["position_sources"] = list(self.position_sources)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, list]) -> SensorLayout:
-        """Inverse of `to_dict` (None becomes NaN)."""
+        """Inverse of `to_dict` (None becomes NaN; no ``position_sources`` key gives None)."""
         names = tuple(str(n) for n in d["names"])
         n = len(names)
+        sources = d.get("position_sources")
         return cls(
             names=names,
             types=np.asarray(d["types"], dtype=np.int8).reshape(n),
             positions=_rows_from_json(d["positions"], n),
             orientations=_rows_from_json(d["orientations"], n),
+            position_sources=None if sources is None else tuple(str(x) for x in sources),
         )
 
 
@@ -163,13 +182,17 @@ def layout_from_info(
       direction for planar GRAD) go from the device to the head frame with ``info['dev_head_t']``
       (identity plus one warning when it is missing); orientations are unit length.
     - EEG: position ``loc[:3]`` (head frame). When it is all zeros or not finite, the position comes
-      from a built-in montage, matched by cleaned, case-insensitive name (see `montage_name_keys`);
-      with ``montage="auto"`` the one of `AUTO_MONTAGES` that names the most of those channels wins
-      (10-05 names, BioSemi A1..D32 caps, EGI E1..E256 nets), and only if it names at least half of
-      them: a cap whose labels fit no montage (e.g. BioSemi banks A1..H16) keeps unknown positions
-      rather than getting 10-05's C1 for its own C1.
+      from a built-in montage by the label rules of `resolve_montage_position` (the name itself after
+      cleaning, old 10-20 aliases, ``C3-front``-style offsets, bipolar midpoints); with
+      ``montage="auto"`` the one of `AUTO_MONTAGES` that places the most of those channels wins
+      (10-05 names, BioSemi A1..D32 caps, EGI E1..E256 nets), and only if it places at least half of
+      them (Nihon Kohden "POL ..." auxiliary inputs are not counted): a cap whose labels fit no montage
+      (e.g. BioSemi banks A1..H16) keeps unknown positions rather than getting 10-05's C1 for its own C1.
       Orientations are zeros.
     - Channels whose position stays unknown get NaN rows and one logged warning for the recording.
+    - ``layout.position_sources`` records the rule behind each row: "file" (``loc``, every MEG channel
+      with a position), "montage:<montage>", "alias:T3->T7", "offset:C3+2cm-anterior",
+      "bipolar:Fp1-F3" or "unknown".
 
     Args:
         info: the recording's measurement info.
@@ -192,6 +215,7 @@ def layout_from_info(
     unknown = ~np.isfinite(positions).all(axis=1) | np.all(positions == 0.0, axis=1)
     positions[unknown] = np.nan
     orientations = np.zeros_like(positions)
+    sources = ["unknown" if u else "file" for u in unknown]
 
     meg = types != SensorType.EEG
     if meg.any():
@@ -200,12 +224,12 @@ def layout_from_info(
     eeg_missing = unknown & (types == SensorType.EEG)
     if eeg_missing.any():
         if montage == "auto":
-            counts = {m: _count_matches(names, eeg_missing, m) for m in AUTO_MONTAGES}
-            montage = max(counts, key=counts.get)
-            if counts[montage] < MIN_AUTO_COVERAGE * eeg_missing.sum():
-                montage = None  # names that fit no cap well: a partial match would be a wrong position
+            montage = _pick_montage(names, eeg_missing)
         if montage is not None:
-            _fill_from_montage(names, eeg_missing, positions, montage)
+            for i in np.flatnonzero(eeg_missing):
+                hit = resolve_montage_position(names[i], montage)
+                if hit is not None:
+                    positions[i], sources[i] = hit
 
     still = ~np.isfinite(positions).all(axis=1)
     if still.any():
@@ -215,7 +239,7 @@ def layout_from_info(
             listed += f", ... ({len(missing) - _MAX_LISTED} more)"
         logger.warning(
             "%s: %d channel(s) have no known position (not in the file, no match in montage %s): %s; "
-            "they get the 'unknown position' embedding",
+            "they are identified by name only",
             label, len(missing), repr(montage) if montage else "(none of the built-in caps fits these names)", listed,
         )
     layout = SensorLayout(
@@ -223,6 +247,7 @@ def layout_from_info(
         types=types,
         positions=positions.astype(np.float32),
         orientations=orientations.astype(np.float32),
+        position_sources=tuple(sources),
     )
     return layout, picks
 
@@ -263,13 +288,26 @@ def _meg_to_head(
 
 
 # Label decorations around an electrode name. Only *reference* suffixes are removed, so referential
-# derivations ("Fp1-Ref", "C3-A2", "O1-LE") find their electrode, while bipolar ones ("Fp1-F3", "C3-front")
-# never match a single electrode and stay unknown. Cz is not treated as a reference: "C3-Cz" is ambiguous.
+# derivations ("Fp1-Ref", "C3-A2", "O1-LE") find their electrode, while bipolar ones ("Fp1-F3", "A1-Cz")
+# and offsets ("C3-front") never match a single electrode: `resolve_montage_position` handles those.
+# Cz is not treated as a reference suffix: "A1-Cz" is the bipolar pair A1, Cz.
 _PREFIX_RE = re.compile(r"^EEG[\s_:\-]+", re.IGNORECASE)  # "EEG Fp1", "EEG-Fp1"
 _REF_SUFFIX_RE = re.compile(
     r"[\s_\-/]+(?:REF|LE|RE|AR|AVG|AV|CAR|LER|A1A2|M1M2|A1|A2|M1|M2)$", re.IGNORECASE
 )  # "-Ref", "-REF", "-LE", "-A1"
 _DUP_SUFFIX_RE = re.compile(r"-\d+$")  # MNE's running numbers for duplicate labels: "F1-Ref-0"
+_AUX_PREFIX_RE = re.compile(r"^POL\s", re.IGNORECASE)  # Nihon Kohden polygraph inputs ("POL X1", "POL DC01")
+
+
+def _label_variants(name: str) -> list[str]:
+    """Case-preserving cleaned forms of a label, most literal first (see `montage_name_keys`)."""
+    raw = name.strip()
+    base = _PREFIX_RE.sub("", raw).rstrip(".").strip()
+    out = [raw, base, _REF_SUFFIX_RE.sub("", base)]
+    undup = _DUP_SUFFIX_RE.sub("", base)
+    if undup != base:
+        out.append(_REF_SUFFIX_RE.sub("", undup))
+    return out
 
 
 def montage_name_keys(name: str) -> list[str]:
@@ -280,18 +318,86 @@ def montage_name_keys(name: str) -> list[str]:
     then drop one reference suffix (REF, LE, RE, AR, AVG, CAR, A1, A2, M1, M2, ...); last, MNE's
     "-N" duplicate counter followed by a reference suffix.
     """
-    raw = name.strip()
-    base = _PREFIX_RE.sub("", raw).rstrip(".").strip()
-    keys = [raw, base, _REF_SUFFIX_RE.sub("", base)]
-    undup = _DUP_SUFFIX_RE.sub("", base)
-    if undup != base:
-        keys.append(_REF_SUFFIX_RE.sub("", undup))
     out: list[str] = []
-    for k in keys:
+    for k in _label_variants(name):
         k = k.lower()
         if k and k not in out:
             out.append(k)
     return out
+
+
+#: Old 10-20 temporal names (Jasper 1958) -> their 10-10 names (and back), used only when the montage
+#: lacks the name itself (MNE's standard_1005 has both; the BioSemi caps have only T7/T8/P7/P8).
+ELECTRODE_ALIASES: dict[str, str] = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
+ELECTRODE_ALIASES.update({new: old for old, new in list(ELECTRODE_ALIASES.items())})
+_ALIAS_BY_KEY = {k.lower(): (k, v) for k, v in ELECTRODE_ALIASES.items()}
+
+#: "C3-front" / "C3-pariet" (BCI Competition II Ia, SCP1: 2 cm frontal / parietal of C3): the electrode
+#: moved this far (metres) along the head frame's +y (anterior, towards the nasion) or -y (posterior)
+#: axis. A straight shift, not along the scalp: over C3/C4 the point ends up a few millimetres off it.
+DIRECTIONAL_OFFSET_M = 0.02
+_ANTERIOR = ("front", "frontal", "ant", "anterior")
+_POSTERIOR = ("pariet", "parietal", "post", "posterior")
+_OFFSET_RE = re.compile(
+    r"^(?P<el>.+?)[\s_\-]+(?P<dir>" + "|".join(_ANTERIOR + _POSTERIOR) + r")$", re.IGNORECASE
+)
+_BIPOLAR_RE = re.compile(r"^(?P<a>[^\s\-]+)\s*-\s*(?P<b>[^\s\-]+)$")
+
+
+def _electrode(label: str, table: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str | None] | None:
+    """(position, alias or None) of one electrode label: the cleaned name, else its old/new 10-20 alias."""
+    keys = montage_name_keys(label)
+    for key in keys:
+        pos = table.get(key)
+        if pos is not None and np.isfinite(pos).all():
+            return pos, None
+    for key in keys:
+        alias = _ALIAS_BY_KEY.get(key)
+        if alias is not None:
+            pos = table.get(alias[1].lower())
+            if pos is not None and np.isfinite(pos).all():
+                return pos, f"{alias[0]}->{alias[1]}"
+    return None
+
+
+def resolve_montage_position(name: str, montage: str = "standard_1005") -> tuple[np.ndarray, str] | None:
+    """Head-frame position (metres, [3] float64) of an EEG label in ``montage`` and the rule that gave it.
+
+    Rules, first hit wins (each needs its electrodes in the montage, found by `montage_name_keys`, so
+    case, "EEG " prefixes, trailing dots and reference suffixes like "-Ref"/"-A2" do not matter):
+
+    1. the name itself ("Fp1", "EEG FP1-REF", "C3-A2" -> C3): ``"montage:<montage>"``;
+    2. an old/new 10-20 alias (`ELECTRODE_ALIASES`: T3<->T7, T4<->T8, T5<->P7, T6<->P8) when the montage
+       lacks the name: ``"alias:T3->T7"``;
+    3. a directional offset "<electrode>-front|frontal|ant|anterior" or "-pariet|parietal|post|posterior":
+       the electrode moved `DIRECTIONAL_OFFSET_M` (2 cm) along the head frame's +y (anterior) or -y axis:
+       ``"offset:C3+2cm-anterior"``;
+    4. a bipolar derivation "<a>-<b>" ("Fp1-F3", "A1-Cz") whose two electrodes both resolve by 1-2: their
+       midpoint, ``"bipolar:Fp1-F3"``.
+
+    Returns None when no rule applies.
+    """
+    table = montage_positions(montage)
+    hit = _electrode(name, table)
+    if hit is not None:
+        pos, alias = hit
+        return pos.copy(), (f"alias:{alias}" if alias else f"montage:{montage}")
+    for variant in _label_variants(name)[1:]:
+        m = _OFFSET_RE.match(variant)
+        if m is not None:
+            el = _electrode(m["el"], table)
+            if el is not None:
+                anterior = m["dir"].lower() in _ANTERIOR
+                pos = el[0].copy()
+                pos[1] += DIRECTIONAL_OFFSET_M if anterior else -DIRECTIONAL_OFFSET_M
+                cm = round(DIRECTIONAL_OFFSET_M * 100, 3)
+                return pos, f"offset:{m['el']}+{cm:g}cm-{'anterior' if anterior else 'posterior'}"
+        m = _BIPOLAR_RE.match(variant)
+        if m is not None:
+            a, b = _electrode(m["a"], table), _electrode(m["b"], table)
+            if a is not None and b is not None:
+                return (a[0] + b[0]) / 2.0, f"bipolar:{m['a']}-{m['b']}"
+    return None
 
 
 # Montage names MNE deprecated (1.13) and will remove; use the new name when this MNE has it.
@@ -322,20 +428,19 @@ def montage_positions(montage: str) -> Mapping[str, np.ndarray]:
     return MappingProxyType(table)  # shared by every caller: read-only
 
 
-def _count_matches(names: tuple[str, ...], missing: np.ndarray, montage: str) -> int:
-    table = montage_positions(montage)
-    return sum(any(k in table for k in montage_name_keys(names[i])) for i in np.flatnonzero(missing))
+def _pick_montage(names: tuple[str, ...], missing: np.ndarray) -> str | None:
+    """The `AUTO_MONTAGES` entry that places the most ``missing`` channels, or None below the coverage.
 
-
-def _fill_from_montage(names: tuple[str, ...], missing: np.ndarray, positions: np.ndarray, montage: str) -> None:
-    """Fill ``positions`` rows flagged in ``missing`` from the montage by cleaned name, in place."""
-    table = montage_positions(montage)
-    for i in np.flatnonzero(missing):
-        for key in montage_name_keys(names[i]):
-            pos = table.get(key)
-            if pos is not None and np.isfinite(pos).all():
-                positions[i] = pos
-                break
+    Nihon Kohden "POL ..." labels (polygraph/auxiliary inputs) are left out of the share: they name no
+    scalp electrode in any montage.
+    """
+    rows = [i for i in np.flatnonzero(missing) if not _AUX_PREFIX_RE.match(names[i].strip())]
+    if not rows:
+        return None
+    counts = {m: sum(resolve_montage_position(names[i], m) is not None for i in rows) for m in AUTO_MONTAGES}
+    best = max(counts, key=counts.get)
+    # names that fit no cap well: a partial match would be a wrong position
+    return best if counts[best] >= MIN_AUTO_COVERAGE * len(rows) and counts[best] > 0 else None
 
 
 def channel_type_counts(info: mne.Info) -> dict[str, int]:

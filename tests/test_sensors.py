@@ -141,17 +141,19 @@ def test_montage_positions_match_set_montage() -> None:
 
 
 def test_unknown_name_gets_nan_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
-    info = _eeg_info(["EEG Fp1-REF", "XYZ1", "C3-front", "O1-A2"])
+    info = _eeg_info(["EEG Fp1-REF", "XYZ1", "C3-sideways", "O1-A2"])
     with caplog.at_level(logging.WARNING, logger="brainforge.data"):
         layout, _ = layout_from_info(info, name="odd.edf")
     known = layout.position_known
     assert known.tolist() == [True, False, False, True]
+    assert layout.position_sources == ("montage:standard_1005", "unknown", "unknown", "montage:standard_1005")
     assert np.isnan(layout.positions[~known]).all()
     assert not np.any(np.all(layout.positions == 0.0, axis=1))  # never a silent (0, 0, 0)
     warnings_ = [r for r in caplog.records if r.name == "brainforge.data" and r.levelno == logging.WARNING]
     assert len(warnings_) == 1
     msg = warnings_[0].getMessage()
-    assert "odd.edf" in msg and "XYZ1" in msg and "C3-front" in msg and "Fp1" not in msg
+    assert "odd.edf" in msg and "XYZ1" in msg and "C3-sideways" in msg and "Fp1" not in msg
+    assert "identified by name only" in msg and "unknown position" not in msg
 
 
 def test_file_positions_win_over_montage() -> None:
@@ -182,6 +184,8 @@ def test_montage_name_keys_find_the_electrode(label: str, expected: str) -> None
 
 @pytest.mark.parametrize("label", ["C3-front", "Fp1-F3", "C3-Cz", "POL E"])
 def test_bipolar_and_unknown_labels_do_not_match(label: str) -> None:
+    """Name keys alone never turn a pair into one electrode; `resolve_montage_position` handles pairs and
+    offsets (tests/test_positions.py)."""
     table = montage_positions("standard_1005")
     assert not any(k in table for k in montage_name_keys(label))
 
