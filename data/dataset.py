@@ -100,6 +100,19 @@ def recording_weights(recordings: list[str]) -> np.ndarray:
     return np.array([1.0 / counts[r] for r in recordings], dtype=np.float64)
 
 
+class WindowsByIndex(torch.utils.data.Dataset):
+    """Map-style view of a `StreamingDataset` (an IterableDataset, which a sampler cannot drive)."""
+
+    def __init__(self, streaming: StreamingDataset) -> None:
+        self.streaming = streaming
+
+    def __len__(self) -> int:
+        return len(self.streaming)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.streaming[int(index)]
+
+
 class WindowDataModule(L.LightningDataModule):
     """Train/val window shards -> data loaders (rank- and node-aware).
 
@@ -157,7 +170,7 @@ class WindowDataModule(L.LightningDataModule):
             weights, num_samples=len(ds), replacement=True, generator=torch.Generator().manual_seed(hp.seed)
         )
         return torch.utils.data.DataLoader(
-            ds,
+            WindowsByIndex(ds),
             batch_size=hp.batch_size,
             sampler=sampler,
             num_workers=hp.num_workers,

@@ -14,7 +14,15 @@ import torch
 from tqdm import tqdm
 
 from data.dataset import WindowCollator, window_dataset
-from tokenizer.metrics import CodebookUsage, ReconstructionMetrics, bits_per_channel_second
+from data.sensors import SensorType
+from tokenizer.losses import pearson
+from tokenizer.metrics import (
+    CodebookUsage,
+    ReconstructionMetrics,
+    bits_per_channel_second,
+    channel_correlation,
+    token_redundancy,
+)
 from tokenizer.package import load_package
 
 
@@ -27,7 +35,14 @@ def evaluate(
     max_windows: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Metrics dict: ``eeg/pcc``, ``meg/nmse``, ..., ``usage_l0``, ``perplexity_l0``, ``bits_per_channel_second``."""
+    """Metrics dict: ``eeg/pcc``, ``meg/nmse``, ..., ``usage_l0``, ``perplexity_l0``, ``bits_per_channel_second``,
+    plus what tells whether channels and latents are distinguishable:
+
+    - ``eeg/pcc_position_known`` / ``eeg/pcc_position_unknown``: EEG PCC over channels with / without a position;
+    - ``chcorr_orig`` / ``chcorr_recon``: mean correlation between two channels of a window (`channel_correlation`),
+      original and reconstruction, over windows with at least 2 channels;
+    - ``distinct_l*``, ``spatial_copy_l*``, ``frame_copy_l*``: the tokens' redundancy (`token_redundancy`).
+    """
     model = load_package(package).model
     cfg = model.config
     ds = window_dataset(shards)
@@ -35,6 +50,9 @@ def evaluate(
     collate = WindowCollator(max_channels=None)
     rec, usage = ReconstructionMetrics(cfg.sfreq), CodebookUsage(cfg.rvq_levels, cfg.codebook_size)
     bits, first = [], None
+    pcc_by_position: dict[str, list[float]] = {"known": [], "unknown": []}
+    chcorr: dict[str, list[float]] = {"orig": [], "recon": []}
+    redundancy: dict[str, list[float]] = {}
     for lo in tqdm(range(0, n, batch_size), desc="eval", unit="batch", disable=not progress):
         batch = collate([ds[i] for i in range(lo, min(lo + batch_size, n))])
         geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"], batch["channel_ids"])
@@ -42,11 +60,27 @@ def evaluate(
         recon = model.decode(idx, *geo)
         rec.update(recon, batch["signal"], batch["types"], batch["channel_mask"])
         usage.update(idx)
+        eeg = batch["channel_mask"] & (batch["types"] == int(SensorType.EEG))
+        known = torch.isfinite(batch["positions"]).all(dim=-1)
+        pcc = pearson(recon, batch["signal"])
+        pcc_by_position["known"] += pcc[eeg & known].tolist()
+        pcc_by_position["unknown"] += pcc[eeg & ~known].tolist()
+        chcorr["orig"] += channel_correlation(batch["signal"], batch["channel_mask"]).tolist()
+        chcorr["recon"] += channel_correlation(recon, batch["channel_mask"]).tolist()
+        for key, value in token_redundancy(idx).items():
+            redundancy.setdefault(key, []).append(value * len(idx))
         bits += [bits_per_channel_second(cfg, int(c)) for c in batch["channel_mask"].sum(1)]
         if first is None:
             first = (batch, recon)
     metrics = {**rec.compute(), **usage.compute(), "bits_per_channel_second": float(np.mean(bits)),
                "n_windows": n, "codebook_size": cfg.codebook_size, "levels": cfg.rvq_levels}
+    for side, values in pcc_by_position.items():
+        metrics[f"eeg/pcc_position_{side}"] = float(np.mean(values)) if values else float("nan")
+        metrics[f"eeg/channels_position_{side}"] = len(values)
+    for side, values in chcorr.items():
+        finite = [v for v in values if np.isfinite(v)]
+        metrics[f"chcorr_{side}"] = float(np.mean(finite)) if finite else float("nan")
+    metrics.update({key: float(np.sum(v) / n) for key, v in redundancy.items()})
     if plots is not None and first is not None:
         _plots(Path(plots), first[0], first[1], usage, cfg.sfreq)
     return metrics
