@@ -33,3 +33,7 @@ class NoUsableWindowsError(BrainforgeDataError):
 
 class OutputExistsError(BrainforgeDataError):
     """The output directory exists and --overwrite was not given."""
+
+
+class UnsafeShardError(BrainforgeDataError):
+    """A shard folder whose litdata index declares a field format that would unpickle (or otherwise execute) data."""

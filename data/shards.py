@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_directory, content_hash, write_json_atomic
-from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError
+from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError, UnsafeShardError
 from .preprocess import PreprocessingSpec, RecordingPipeline
 from .readers import RecordingSource, discover
 from .sensors import channel_type_counts
@@ -32,6 +32,72 @@ log = logging.getLogger("brainforge.data")
 SCHEMA_VERSION = 1
 CHUNK_BYTES = "64MB"
 MANIFEST = "manifest.json"
+# litdata serializers that only read bytes into arrays, strings and numbers. Anything else ("pickle", "file",
+# "video", "PIL", ...) is refused: "pickle" runs arbitrary code when an item is read.
+SAFE_FORMATS = ("numpy", "no_header_numpy", "tensor", "no_header_tensor", "str", "int", "float", "bool", "bytes")
+
+
+def check_item_fields(item: dict, what: str) -> dict:
+    """``item`` unchanged when every field is an array, str, int or float (litdata then never pickles it)."""
+    for key, value in item.items():
+        ok = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+        ok = ok or (isinstance(value, str | int | float) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"{what}: field {key!r} is a {type(value).__name__}; shards store only numeric arrays, "
+                            "str, int and float (anything else would be pickled)")
+    return item
+
+
+def _leaf_names(spec) -> list[str]:
+    """Field names of the leaves of litdata's serialised pytree spec, in data_format order."""
+    names: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        children = node.get("children_spec") or []
+        if not children and node.get("type") is None:
+            names.append(prefix or "<item>")
+            return
+        keys = None
+        if node.get("context") not in (None, "null"):
+            try:
+                ctx = json.loads(node["context"]) if isinstance(node["context"], str) else node["context"]
+                keys = [str(k) for k in ctx] if isinstance(ctx, list) else None
+            except (ValueError, TypeError):
+                keys = None
+        for i, child in enumerate(children):
+            key = keys[i] if keys and i < len(keys) else str(i)
+            walk(child, f"{prefix}.{key}" if prefix else key)
+
+    walk(spec[1] if isinstance(spec, list) and len(spec) == 2 else spec, "")
+    return names
+
+
+def check_shard_index(path: str | Path) -> None:
+    """Refuse a litdata shard folder (window or token shards) whose ``index.json`` declares a field format other
+    than arrays, strings and numbers: reading such an item could unpickle attacker-controlled bytes."""
+    index = Path(path) / "index.json"
+    if not index.is_file():
+        return  # litdata reports the missing index itself
+    try:
+        config = json.loads(index.read_text()).get("config") or {}
+        formats = list(config.get("data_format") or [])
+    except (ValueError, AttributeError) as e:
+        raise UnsafeShardError(f"{index}: not a litdata index ({e})") from e
+    try:
+        spec = config.get("data_spec")
+        names = _leaf_names(json.loads(spec)) if isinstance(spec, str) else []
+    except (ValueError, TypeError, AttributeError):
+        names = []
+    if len(names) != len(formats):
+        names = [f"field {i}" for i in range(len(formats))]
+    for name, fmt in zip(names, formats, strict=True):
+        base = str(fmt).split(":", 1)[0]
+        if base not in SAFE_FORMATS:
+            raise UnsafeShardError(
+                f"{path}: shard field {name!r} is stored as {fmt!r}; only arrays, str, int and float are read "
+                f"({'pickled fields could run code when loaded' if base == 'pickle' else 'other formats are refused'}). "
+                "Re-create the shards with `python -m data prepare`."
+            )
 
 
 @dataclass
@@ -62,14 +128,14 @@ def _recording_items(job: _Job):
         }
         for w in pipe.windows(stats):
             n += 1
-            yield {
+            yield check_item_fields({
                 "signal": w.signal.astype(np.float16),
                 **base,
-                "recording": src.recording_id,
-                "subject": src.subject,
+                "recording": str(src.recording_id),
+                "subject": str(src.subject),
                 "t0_s": float(w.t0_s),
                 "label": "",
-            }
+            }, str(src.path))
         if n == 0:
             raise NoUsableWindowsError(f"{src.path}: no usable window (rejected: {stats or 'none'})")
         report.update(
