@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import atomic_directory, content_hash, write_json_atomic
 from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError, UnsafeShardError
 from .preprocess import PreprocessingSpec, RecordingPipeline
-from .readers import RecordingSource, discover
+from .readers import RecordingSource, discover, integrity_notes
 from .sensors import channel_type_counts
 
 log = logging.getLogger("brainforge.data")
@@ -107,6 +107,7 @@ class _Job:
     reports: str
     strict: bool
     chunk_s: float | None
+    allow_truncated: bool = False
 
 
 def _recording_items(job: _Job):
@@ -115,7 +116,8 @@ def _recording_items(job: _Job):
     report = {"recording": src.recording_id, "path": str(src.path), "subject": src.subject}
     t_start = time.perf_counter()
     try:
-        raw = src.open(preload=False)
+        raw = src.open(preload=False, allow_truncated=job.allow_truncated)
+        notes = integrity_notes(raw)
         report["all_channel_types"] = channel_type_counts(raw.info)
         pipe = RecordingPipeline(raw, job.spec, name=str(src.path), chunk_s=job.chunk_s)
         layout = pipe.layout
@@ -150,6 +152,8 @@ def _recording_items(job: _Job):
             scales=pipe.calibration["scales"],
             sha256=content_hash(Path(src.path)),
         )
+        if notes:
+            report["truncated"] = notes  # kept under --allow-truncated: the readable part only
     except Exception as e:  # one bad input never stops the run; --strict re-raises
         if job.strict:
             raise
@@ -192,11 +196,14 @@ def prepare(
     strict: bool = False,
     chunk_s: float | None = None,
     progress: bool = True,
+    allow_truncated: bool = False,
 ) -> dict:
     """Prepare window shards from recordings, folders or BIDS roots. Returns the manifest dict.
 
     Raises `OutputExistsError` when ``out`` exists and ``overwrite`` is False, and
     `BrainforgeDataError` when nothing could be prepared (or on the first bad input if ``strict``).
+    Truncated recordings (less data than their header declares) are skipped, or with ``allow_truncated`` kept
+    with a ``truncated`` note in their manifest entry.
     """
     import litdata  # heavy (torch): only when shards are written
 
@@ -210,7 +217,7 @@ def prepare(
     with atomic_directory(out, overwrite) as tmp:
         shards, reports = tmp / "shards", tmp / "reports"
         reports.mkdir()
-        jobs = [_Job(s, spec, str(reports), strict, chunk_s) for s in sources]
+        jobs = [_Job(s, spec, str(reports), strict, chunk_s, allow_truncated) for s in sources]
         if len(jobs) > 1 and workers > 1:
             litdata.optimize(
                 fn=_recording_items, inputs=jobs, output_dir=str(shards), chunk_bytes=CHUNK_BYTES,

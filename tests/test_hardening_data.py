@@ -69,3 +69,73 @@ def test_items_written_to_shards_hold_only_arrays_strings_and_numbers():
     for bad in (None, {"a": 1}, [1.0], np.array(["a"], dtype=object), True):
         with pytest.raises(TypeError, match="field 'label'"):
             check_item_fields({**ok, "label": bad}, "x")
+
+
+# --- 6: truncated recordings ---------------------------------------------------------------------------------
+def _edf_variants(fixtures: Path, folder: Path) -> dict[str, Path]:
+    """tests/data/test.edf (6 records of 1 s) cut mid-data, or with a header declaring -1 or 99,999,999 records,
+    or a record duration of 0."""
+    data = (fixtures / "test.edf").read_bytes()
+    n_signals = int(data[252:256])
+    header = 256 * (1 + n_signals)
+    record = (len(data) - header) // 6
+
+    def put(offset: int, value: str) -> bytes:
+        return data[:offset] + value.ljust(8).encode() + data[offset + 8:]
+
+    variants = {"cut_mid_data": data[: header + int(record * 3.5)], "records_minus_1": put(236, "-1"),
+                "records_99999999": put(236, "99999999"), "duration_0": put(244, "0")}
+    folder.mkdir(exist_ok=True)
+    out = {}
+    for name, content in variants.items():
+        out[name] = folder / f"{name}.edf"
+        out[name].write_bytes(content)
+    return out
+
+
+def test_truncated_or_lying_edf_headers_are_refused_with_the_reason(fixtures, tmp_path):
+    from data import open_raw
+    from data.errors import TruncatedRecordingError, UnreadableRecordingError
+    from data.readers import integrity_notes
+
+    files = _edf_variants(fixtures, tmp_path)
+    for name, words in (("cut_mid_data", "declares 6 data records"), ("records_minus_1", "'-1' data records"),
+                        ("records_99999999", "declares 99999999 data records")):
+        with pytest.raises(TruncatedRecordingError, match=words):
+            open_raw(files[name])
+        raw = open_raw(files[name], allow_truncated=True)
+        assert integrity_notes(raw) and raw.n_times > 0
+    with pytest.raises(UnreadableRecordingError, match="record duration of '0'"):
+        open_raw(files["duration_0"], allow_truncated=True)
+    assert integrity_notes(open_raw(fixtures / "test.edf")) == []
+
+
+@pytest.mark.shared
+def test_the_shared_truncated_edf_is_refused(shared_recordings):
+    from data import open_raw
+    from data.errors import TruncatedRecordingError
+
+    with pytest.raises(TruncatedRecordingError, match=r"698 data records \(698 s\), the file holds 10.5"):
+        open_raw(shared_recordings / "broken" / "test_subsecond_truncated.edf")
+
+
+def test_prepare_skips_truncated_recordings_unless_allowed_and_keeps_the_spec_window(fixtures, tmp_path):
+    from data import PreprocessingSpec, prepare
+    from data.__main__ import main
+
+    files = _edf_variants(fixtures, tmp_path / "in")
+    m = prepare([fixtures / "test.edf", files["records_99999999"]], tmp_path / "default", progress=False)
+    assert [r["path"] for r in m["recordings"]] == [str(fixtures / "test.edf")]
+    (skip,) = [s for s in m["skipped"] if "records_99999999" in s["path"]]
+    assert "truncated" in skip["reason"] and "99999999" in skip["reason"]
+
+    # 17: --spec FILE keeps the spec's window_s (no --window-s given); --allow-truncated keeps the file with a note
+    spec = PreprocessingSpec(window_s=1.0, stride_s=1.0)
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    out = tmp_path / "allowed"
+    assert main(["prepare", str(files["records_99999999"]), "--out", str(out), "--spec", str(tmp_path / "spec.json"),
+                 "--allow-truncated", "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["preprocessing"]["window_s"] == 1.0 and m["preprocessing"]["stride_s"] == 1.0
+    (rec,) = m["recordings"]
+    assert rec["n_windows"] == 6 and any("99999999" in n for n in rec["truncated"])
