@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,36 @@ class _Job:
     strict: bool
     chunk_s: float | None
     allow_truncated: bool = False
+    parent_pid: int = 0  # the prepare process: worker processes exit when it is gone
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a worker process as it starts: from then on it dies with the prepare process."""
+        self.__dict__.update(state)
+        _die_with_parent(self.parent_pid)
+
+
+_WATCHED: set[int] = set()
+
+
+def _die_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """In a litdata worker process: exit as soon as the prepare process that started it is gone (killed with -9,
+    it cannot stop its workers itself; they would run on as orphans). A daemon thread polls the parent pid."""
+    if not parent_pid or os.getpid() == parent_pid or parent_pid in _WATCHED:
+        return
+    _WATCHED.add(parent_pid)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        log.error("prepare process %d is gone: worker %d exits", parent_pid, os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _recording_items(job: _Job):
     """litdata ``fn``: yields the window items of one recording and leaves a report JSON."""
+    _die_with_parent(job.parent_pid)
     src = job.source
     report = {"recording": src.recording_id, "path": str(src.path), "subject": src.subject}
     t_start = time.perf_counter()
@@ -217,7 +244,7 @@ def prepare(
     with atomic_directory(out, overwrite) as tmp:
         shards, reports = tmp / "shards", tmp / "reports"
         reports.mkdir()
-        jobs = [_Job(s, spec, str(reports), strict, chunk_s, allow_truncated) for s in sources]
+        jobs = [_Job(s, spec, str(reports), strict, chunk_s, allow_truncated, os.getpid()) for s in sources]
         if len(jobs) > 1 and workers > 1:
             litdata.optimize(
                 fn=_recording_items, inputs=jobs, output_dir=str(shards), chunk_bytes=CHUNK_BYTES,

@@ -139,3 +139,50 @@ def test_prepare_skips_truncated_recordings_unless_allowed_and_keeps_the_spec_wi
     assert m["preprocessing"]["window_s"] == 1.0 and m["preprocessing"]["stride_s"] == 1.0
     (rec,) = m["recordings"]
     assert rec["n_windows"] == 6 and any("99999999" in n for n in rec["truncated"])
+
+
+# --- 10: prepare workers die with their parent ------------------------------------------------------------------
+_PARENT = """
+import multiprocessing as mp, os, pickle, sys, time
+from data.shards import _Job
+
+def worker(blob):
+    pickle.loads(blob)  # as a litdata worker receives its jobs: unpickling arms the watchdog
+    time.sleep(600)
+
+if __name__ == "__main__":
+    job = _Job(source=None, spec=None, reports="", strict=False, chunk_s=None, parent_pid=os.getpid())
+    p = mp.get_context(sys.argv[1]).Process(target=worker, args=(pickle.dumps(job),))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_prepare_workers_exit_when_the_prepare_process_is_killed(tmp_path):
+    """A `prepare --workers N` worker gets its `_Job`s pickled; once unpickled it polls its parent and exits when
+    the prepare process is gone (kill -9 left the workers of a real run alive; checked by hand with
+    `python -m data prepare ... --workers 2` and `kill -9`: both workers exit, here a forked stand-in is used)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    proc = subprocess.Popen([sys.executable, str(script), "fork"], cwd=repo, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        worker = int(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    alive = lambda: Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # noqa: E731
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} outlived its killed parent")
