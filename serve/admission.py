@@ -19,9 +19,10 @@ from contextlib import contextmanager
 
 from serve.errors import PayloadTooLarge, ServerBusy
 
-# Parsing a JSON float array into Python floats (pydantic list[Any]) and then into float32/float64 arrays
-# peaked at about 8x the body size (measured: bench/serve_hardening.py, a 94 MB body).
-JSON_MEMORY_FACTOR = 8
+# Parsing a JSON float array into Python floats (pydantic list[Any]) and then into float32/float64 arrays and
+# preprocessing them peaked at about 9x the body size (measured by bench/serve_hardening.py: 857 MB above the
+# server's start-up RSS for one 94 MB body).
+JSON_MEMORY_FACTOR = 10
 
 
 class Budget:

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     max_json_mb: float = Field(100.0, gt=0, description="largest JSON body in MB (413 beyond); large signals go "
                                "as uploads or binary tensors")
     max_inflight_mb: float = Field(1024.0, gt=0, description="server-wide memory budget for JSON bodies being parsed, "
-                                   "in MB (a body counts 8x its size; 429 when spent)")
+                                   "in MB (a body counts 10x its size; 429 when spent)")
     max_upload_space_mb: float = Field(4096.0, gt=0, description="server-wide disk budget for uploads and unpacked "
                                        "zips, in MB (429 when spent)")
     max_duration_s: float = Field(3600.0, gt=0, description="longest recording in seconds (422 beyond)")

@@ -32,6 +32,7 @@ from oip_schema import (
 )
 from serve_support import FIXTURES, ServerThread, eeg_signal, free_port, v2_body
 
+from serve.admission import JSON_MEMORY_FACTOR
 from serve.auth import KeyStore, add_key
 from serve.errors import PayloadTooLarge
 from serve.inputs import unpack_zip
@@ -122,17 +123,18 @@ def test_json_bodies_beyond_the_memory_budget_get_429_instead_of_growing(hsrv, h
     budget = hsrv.app.state.budgets["memory"]
     x, names = eeg_signal(8, 6.0)
     body = json.dumps(v2_body(x, names, 256.0)).encode()
-    assert 100_000 < len(body) < 390_000  # alone it fits the 3 MB budget (8x its size), with the other it does not
-    with _connect(hsrv.url) as s:  # a slow client holding 300 kB x 8 of the budget while it sends
-        s.sendall(_head("POST", f"/v2/models/{hsrv.model}/infer", hsrv.key, "application/json", 300_000) + b"{")
+    # alone it fits the 3 MB budget (10x its size), beside the slow one below it does not
+    assert budget.total - 250_000 * JSON_MEMORY_FACTOR < len(body) * JSON_MEMORY_FACTOR < budget.total
+    with _connect(hsrv.url) as s:  # a slow client holding 250 kB x 10 of the budget while it sends
+        s.sendall(_head("POST", f"/v2/models/{hsrv.model}/infer", hsrv.key, "application/json", 250_000) + b"{")
         deadline = time.monotonic() + 30
-        while budget.used < 300_000 * 8:
+        while budget.used < 250_000 * JSON_MEMORY_FACTOR:
             assert time.monotonic() < deadline, "the slow request never reserved its bytes"
             time.sleep(0.01)
         r = hclient.post(f"/v2/models/{hsrv.model}/infer", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
         assert "memory budget" in r.json()["error"]
-        s.sendall(b" " * (300_000 - 1))
+        s.sendall(b" " * (250_000 - 1))
         status, _, _ = _response(s)
         assert status == 400  # "{" and spaces: not a request, and now answered
     assert budget.used == 0
