@@ -70,7 +70,7 @@ def _settings_from(args: argparse.Namespace, **extra):
 def _keys(argv: list[str]) -> int:
     from serve.auth import KeyFileError, add_key, read_keys, revoke_key
 
-    p = argparse.ArgumentParser(prog="python -m serve keys", description="manage API keys (salted scrypt hashes)")
+    p = argparse.ArgumentParser(prog="python -m serve keys", description="manage API keys (HMAC-SHA-256 of random secrets)")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("add", help="create a key and print it once")
     a.add_argument("--file", required=True, type=Path)

@@ -1,8 +1,11 @@
 """The FastAPI app: Open Inference Protocol v2 routes, /v1 conveniences, /metrics; see `create_app`.
 
-Every error is a JSON ``{"error": "..."}`` with a 4xx status (a 5xx is a bug). Health routes and the API
-documentation (``/docs``, ``/openapi.json``) are open; every other route needs ``Authorization: Bearer KEY``
-when the server has a keys file.
+Every error is a JSON ``{"error": "..."}`` with a 4xx status (a 5xx is a bug), without server paths or tracebacks
+(`client_message`; the log keeps them under the request id). Health and readiness routes (server and models) and
+the API documentation (``/docs``, ``/openapi.json``) are open; every other route needs ``Authorization: Bearer KEY``
+when the server has a keys file (and only then does the OpenAPI schema declare bearer auth). Requests with a body are
+admitted before it is read (`serve.admission`): key, model (404), queue slot (429), then the body's bytes reserved in
+a server-wide budget (429 when spent).
 """
 
 from __future__ import annotations
