@@ -179,6 +179,9 @@ def create_app(settings: Settings) -> FastAPI:
         if key_id is None:
             wait = key_failures.fail(request.client.host if request.client else "-")
             if wait is not None:
+                # tarpit: a client over its failure budget waits before each answer, so a flood of wrong keys
+                # slows itself down instead of keeping the event loop busy (a sleeping coroutine costs nothing)
+                await asyncio.sleep(settings.key_failure_delay_s)
                 raise ServerBusy(f"too many failed API key checks from this client; retry in {wait:.0f} s",
                                  retry_after_s=int(wait) + 1)
             raise Unauthorized("invalid or revoked API key")

@@ -187,8 +187,9 @@ class KeyStore:
 
 class FailureLimiter:
     """Failed key checks per client (address): more than ``max_failures`` within ``window_s`` seconds and the
-    client's further failures are answered 429 with ``Retry-After`` until its oldest failure ages out. A valid
-    key is never refused (its check is cheap), so a flood from a shared address does not lock out real users."""
+    client's further failures are answered 429 with ``Retry-After`` (after a delay: the server tarpits them) until
+    its oldest failure ages out. A valid key is never refused (its check is cheap), so a flood from a shared address
+    does not lock out real users."""
 
     def __init__(self, max_failures: int = 20, window_s: float = 60.0, max_clients: int = 10000) -> None:
         self.max_failures, self.window_s, self.max_clients = max_failures, window_s, max_clients

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
                                   "readiness and the docs needs 'Authorization: Bearer KEY'")
     allow_anonymous: bool = Field(False, description="serve without keys on a non-loopback address (refused otherwise)")
     max_key_failures: int = Field(20, ge=1, description="failed key checks per client per minute before 429")
+    key_failure_delay_s: float = Field(1.0, ge=0, le=30, description="delay before each 429 to a client over its "
+                                       "failed-key budget (a tarpit: a wrong-key flood slows itself down)")
 
     # batching and queueing
     max_batch: int = Field(32, ge=1, description="most windows per forward pass (1 = one request per forward pass)")

@@ -52,7 +52,8 @@ def hsrv(model_registry, tmp_path_factory):
     stale.mkdir()
     (stale / "recording.edf").write_bytes(b"0" * 4096)
     settings = Settings(registry=model_registry["registry"], api_keys=root / "keys.json", upload_dir=uploads,
-                        max_body_mb=8, max_json_mb=1, max_inflight_mb=3, max_key_failures=5, max_delay_ms=5)
+                        max_body_mb=8, max_json_mb=1, max_inflight_mb=3, max_key_failures=5, key_failure_delay_s=0.3,
+                        max_delay_ms=5)
     with ServerThread(settings) as s:
         s.key, s.model, s.uploads, s.stale, s.keys_file = key, model_registry["name"], uploads, stale, root / "keys.json"
         yield s
@@ -155,8 +156,10 @@ def test_wrong_secrets_are_cheap_to_refuse_and_limited_per_client(hsrv, hclient)
     with httpx.Client(base_url=hsrv.url, timeout=30) as anon:
         statuses = [anon.get("/v2", headers={"Authorization": f"Bearer {wrong}"}).status_code for _ in range(5)]
         assert statuses == [401] * 5
+        t0 = time.perf_counter()
         r = anon.get("/v2", headers={"Authorization": f"Bearer {wrong}"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "failed API key checks" in r.text
+        assert time.perf_counter() - t0 >= 0.3  # tarpitted: a flood slows itself down
     assert hclient.get("/v2").status_code == 200  # the valid key from the same client is never refused
 
 
