@@ -432,6 +432,8 @@ def _openapi(app: FastAPI, with_keys: bool = True) -> dict:
                 op.pop("security", None)
                 op.get("responses", {}).pop("401", None)
             responses = op.setdefault("responses", {})
+            if with_keys and "security" in op:  # too many failed key checks from one client
+                responses.setdefault("429", {})
             for code in list(responses):
                 if code.startswith("4") or code == "422":
                     responses[code] = {"description": ERROR_CODES.get(int(code), "error"),
