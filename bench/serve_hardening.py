@@ -405,6 +405,8 @@ def report(args, model: str, res: dict, wall: float) -> str:
                     f"- {r['cases']} cases sent to the real server; statuses {dict(sorted(r['statuses'].items()))}; "
                     f"5xx: {r['server_errors']}; failed checks (status code, content type, headers, response schema): "
                     f"{r['failures']}; pytest: {' '.join(r['tail'])}.", ""]
+    out += ["Not measured here: the Open Inference Protocol binary tensor extension (large signals without JSON) is "
+            "being added to the request parsing separately; these figures are for JSON bodies and multipart uploads.", ""]
     return "\n".join(out) + "\n"
 
 
