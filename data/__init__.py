@@ -8,12 +8,13 @@ from .errors import (
     RecordingTooShortError,
     SamplingRateError,
     UnreadableRecordingError,
+    UnsafeShardError,
     UnsupportedInputError,
 )
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
 from .readers import RecordingSource, discover, open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
-from .shards import prepare, read_manifest
+from .shards import check_item_fields, check_shard_index, prepare, read_manifest
 
 _LAZY = {"WindowCollator", "WindowDataModule", "window_dataset"}  # need torch + lightning: import on use
 
@@ -29,7 +30,8 @@ def __getattr__(name: str):
 __all__ = [
     "BrainforgeDataError", "NoSensorChannelsError", "NoUsableWindowsError", "OutputExistsError",
     "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
-    "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsupportedInputError", "Window",
+    "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsafeShardError", "UnsupportedInputError", "Window",
+    "check_item_fields", "check_shard_index",
     "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "open_raw", "prepare",
     "read_manifest", "window_dataset",
 ]

@@ -26,14 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="recording files, folders (recursive) or BIDS roots")
     pr.add_argument("--out", required=True, help="output shard directory (must not exist unless --overwrite)")
-    pr.add_argument("--window-s", type=float, default=2.0, help="window length in seconds (default 2.0 = 512 samples at 256 Hz)")
-    pr.add_argument("--stride-s", type=float, default=None, help="step between window starts in seconds (default: the window length)")
+    pr.add_argument("--window-s", type=float, default=None, help="window length in seconds (default: the --spec file's, else 2.0 = 512 samples at 256 Hz)")
+    pr.add_argument("--stride-s", type=float, default=None, help="step between window starts in seconds (default: the --spec file's, else the window length)")
     pr.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     pr.add_argument("--spec", default=None, help="a preprocessing.json to apply instead of the defaults")
     pr.add_argument("--line-freq", type=float, default=None, help="mains frequency in Hz (default: from the recording, else notch 50 and 60)")
     pr.add_argument("--chunk-s", type=float, default=None, help="seconds of input processed at a time; bounds memory (default: about 4M values per chunk, at least 60 s)")
     pr.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically, at the end)")
     pr.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
+    pr.add_argument("--allow-truncated", action="store_true", help="keep the readable part of truncated recordings "
+                    "(fewer data records than the header declares), with a note in the manifest; default: skip them")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ins = sub.add_parser(
@@ -53,17 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "prepare":
             spec = PreprocessingSpec.load(args.spec) if args.spec else PreprocessingSpec()
-            spec.window_s = args.window_s
-            spec.stride_s = args.stride_s or args.window_s
+            if args.window_s is not None:  # a flag given overrides the spec file; an absent one keeps it
+                spec.window_s = args.window_s
+                spec.stride_s = args.window_s
+            if args.stride_s is not None:
+                spec.stride_s = args.stride_s
             if args.line_freq:
                 spec.line_freq = args.line_freq
             m = prepare(
                 args.inputs, args.out, spec, workers=args.workers, overwrite=args.overwrite,
                 strict=args.strict, chunk_s=args.chunk_s, progress=not args.quiet,
+                allow_truncated=args.allow_truncated,
             )
             print(f"wrote {m['n_windows']} windows from {m['n_recordings']} recording(s) to {args.out}")
             for s in m["skipped"]:
                 print(f"  skipped {skip_message(s)}")
+            for r in m["recordings"]:
+                if r.get("truncated"):
+                    print(f"  kept truncated {r['path']}: {'; '.join(r['truncated'])}")
         else:
             info = describe(args.path)
             print(json.dumps(info, indent=2, default=str) if args.json else info["text"])

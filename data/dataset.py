@@ -16,7 +16,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
 from .sensors import channel_identities
-from .shards import read_manifest
+from .shards import check_shard_index, read_manifest
 
 META_KEYS = ("recording", "subject", "t0_s", "label")
 
@@ -80,6 +80,7 @@ def window_dataset(path: str | Path, shuffle: bool = False, seed: int = 42) -> S
     """A `litdata.StreamingDataset` over a prepared shard directory (local path or object-store URL)."""
     if "://" not in str(path):
         read_manifest(path)  # clear error when this is not a shard directory
+        check_shard_index(path)  # never unpickle: refuse indexes declaring pickled fields
         path = str(Path(path).resolve())
     # drop_last=None: litdata drops the uneven tail under DDP, so every rank gets as many batches.
     # item_shuffle_window=0: a full permutation inside each chunk. litdata's default (256) only shuffles within

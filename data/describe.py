@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .readers import open_raw
+from .readers import integrity_notes, open_raw
 from .sensors import SensorLayout, channel_type_counts, layout_from_info
 from .shards import MANIFEST, read_manifest
 
@@ -21,7 +21,7 @@ def describe(path: str | Path) -> dict:
 
 
 def _describe_recording(path: Path) -> dict:
-    raw = open_raw(path, preload=False)
+    raw = open_raw(path, preload=False, allow_truncated=True)  # describe it, and say that it is truncated
     layout, _ = layout_from_info(raw.info, name=str(path))
     known = layout.position_known
     ann = Counter(raw.annotations.description)
@@ -37,6 +37,7 @@ def _describe_recording(path: Path) -> dict:
         "bads": list(raw.info["bads"]),
         "line_freq": raw.info.get("line_freq"),
         "annotations": dict(ann),
+        "integrity": integrity_notes(raw),
     }
     lines = [
         f"{path}",
@@ -47,6 +48,7 @@ def _describe_recording(path: Path) -> dict:
         f"  bads: {', '.join(info['bads']) or 'none'}",
         "  annotations: " + (", ".join(f"{k!r} x{v}" for k, v in ann.most_common(12)) or "none"),
     ]
+    lines += [f"  TRUNCATED: {n}" for n in info["integrity"]]
     info["text"] = "\n".join(lines)
     return info
 

@@ -33,3 +33,13 @@ class NoUsableWindowsError(BrainforgeDataError):
 
 class OutputExistsError(BrainforgeDataError):
     """The output directory exists and --overwrite was not given."""
+
+
+class UnsafeShardError(BrainforgeDataError):
+    """A shard folder whose litdata index declares a field format that would unpickle (or otherwise execute) data."""
+
+
+class TruncatedRecordingError(UnreadableRecordingError):
+    """The file holds less data than its header declares (cut mid-data, or an unknown / impossible record count).
+
+    ``prepare --allow-truncated`` keeps such recordings (the readable part) with a note in the manifest."""

@@ -33,7 +33,12 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from .errors import BrainforgeDataError, UnreadableRecordingError, UnsupportedInputError
+from .errors import (
+    BrainforgeDataError,
+    TruncatedRecordingError,
+    UnreadableRecordingError,
+    UnsupportedInputError,
+)
 
 logger = logging.getLogger("brainforge.data")
 
@@ -129,6 +134,19 @@ _IMPORTANT_WARNING = re.compile(
 )
 
 
+# MNE warnings meaning that the reader guessed how much data there is: the file is truncated (or its header lies).
+# They fail `open_raw` unless ``allow_truncated`` (then they become a note on the Raw, see `integrity_notes`).
+_TRUNCATION_WARNING = re.compile(
+    r"does not match the file size|larger than file size|incorrect for record length", re.IGNORECASE
+)
+_NOTES_ATTR = "_brainforge_integrity_notes"
+
+
+def integrity_notes(raw: mne.io.BaseRaw) -> list[str]:
+    """What `open_raw(..., allow_truncated=True)` let through (truncation reasons); empty for a sound file."""
+    return list(getattr(raw, _NOTES_ATTR, []))
+
+
 def _suffix(path: Path) -> str:
     """Lower-case extension, with ``.fif.gz`` kept whole."""
     name = path.name.lower()
@@ -178,7 +196,7 @@ def _quiet_mne(path: Path) -> Iterator[None]:
             redirect_stdout(printed),
         ):
             warnings.simplefilter("always")
-            yield
+            yield caught
     finally:
         for w in caught:
             msg = " ".join(str(w.message).split())
@@ -189,11 +207,25 @@ def _quiet_mne(path: Path) -> Iterator[None]:
                 logger.info("%s: %s", path, line.strip())
 
 
-def _call_reader(path: Path, fmt: str, open_fn: Callable[[], mne.io.BaseRaw]) -> mne.io.BaseRaw:
-    """Run ``open_fn`` and turn whatever it raises into a `data.errors` exception naming ``path``."""
+def _call_reader(path: Path, fmt: str, open_fn: Callable[[], mne.io.BaseRaw],
+                 notes: list[str] | None = None) -> mne.io.BaseRaw:
+    """Run ``open_fn`` and turn whatever it raises into a `data.errors` exception naming ``path``.
+
+    MNE warnings saying the file is truncated raise `TruncatedRecordingError`, or, when a ``notes`` list is
+    given (``allow_truncated``), are appended to it."""
     try:
-        with _quiet_mne(path):
-            return open_fn()
+        with _quiet_mne(path) as caught:
+            result = open_fn()
+        for w in caught:
+            msg = " ".join(str(w.message).split())
+            if _TRUNCATION_WARNING.search(msg):
+                if notes is None:
+                    raise TruncatedRecordingError(
+                        f"{path}: truncated or inconsistent file: MNE says '{msg[:200]}'; re-copy or re-export it "
+                        f"(`prepare --allow-truncated` keeps the readable part)")
+                if msg not in notes:
+                    notes.append(f"MNE: {msg[:200]}")
+        return result
     except BrainforgeDataError:
         raise
     except ImportError as e:
@@ -290,8 +322,16 @@ def _companion_target(path: Path) -> Path | None:
 _EDF_ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
 
 
-def _check_edf_header(path: Path) -> None:
-    """Reject EDF/BDF files with a truncated header or with annotation channels only."""
+def _edf_number(field: bytes) -> float | None:
+    try:
+        return float(field.decode("latin-1").strip())
+    except ValueError:
+        return None
+
+
+def _check_edf_header(path: Path, fmt: str, notes: list[str] | None) -> None:
+    """Reject EDF/BDF files with a truncated header, annotation channels only, a record duration of 0, or (unless
+    ``notes`` is given: ``allow_truncated``) fewer data bytes than the header declares or a record count of -1."""
     with open(path, "rb") as f:
         head = f.read(256)
         if len(head) < 256:
@@ -302,17 +342,44 @@ def _check_edf_header(path: Path) -> None:
             n_signals = int(head[252:256].decode("latin-1").strip() or "0")
         except ValueError as e:
             raise UnreadableRecordingError(f"{path}: not a valid EDF/BDF file (bad signal count in header)") from e
-        labels = [f.read(16).decode("latin-1").strip() for _ in range(max(n_signals, 0))]
+        labels = [f.read(16).decode("latin-1").strip() for _ in range(max(min(n_signals, 4096), 0))]
+        f.seek(256 + max(n_signals, 0) * 216)
+        samples = [_edf_number(f.read(8)) for _ in range(max(min(n_signals, 4096), 0))]
     if n_signals <= 0 or all(label in _EDF_ANNOTATION_LABELS for label in labels):
         raise UnsupportedInputError(
             f"{path}: contains annotations only, no signal channels; read it with mne.read_annotations"
         )
     header_bytes = 256 * (1 + n_signals)
-    if path.stat().st_size <= header_bytes:
+    size = path.stat().st_size
+    if size <= header_bytes:
         raise UnreadableRecordingError(
-            f"{path}: EDF/BDF header only ({path.stat().st_size} bytes, header {header_bytes} bytes), no data "
+            f"{path}: EDF/BDF header only ({size} bytes, header {header_bytes} bytes), no data "
             f"records; the file is truncated: re-copy or re-export it"
         )
+    duration = _edf_number(head[244:252])
+    if duration is None or not duration > 0:
+        raise UnreadableRecordingError(
+            f"{path}: the header declares a data record duration of {head[244:252].decode('latin-1').strip()!r} s; "
+            f"without a positive record duration the sampling rate is unknown: re-export the file"
+        )
+    n_records = _edf_number(head[236:244])
+    problem = None
+    if n_records is None or n_records < 0:
+        problem = (f"the header declares {head[236:244].decode('latin-1').strip()!r} data records (the recording "
+                   f"was not closed properly)")
+    elif None not in samples and all(x >= 0 for x in samples):
+        record_bytes = int(sum(samples)) * (3 if fmt == "bdf" else 2)
+        expected = int(n_records) * record_bytes
+        if record_bytes and size - header_bytes < expected:
+            have = (size - header_bytes) / record_bytes
+            problem = (f"truncated: the header declares {int(n_records)} data records "
+                       f"({n_records * duration:g} s), the file holds {have:.1f} ({have * duration:.1f} s)")
+    if problem is None:
+        return
+    if notes is None:
+        raise TruncatedRecordingError(
+            f"{path}: {problem}; re-copy or re-export it (`prepare --allow-truncated` keeps the readable part)")
+    notes.append(problem)
 
 
 _VHDR_FIELD = re.compile(r"^\s*(DataFile|MarkerFile)\s*=\s*(.*?)\s*$", re.MULTILINE | re.IGNORECASE)
@@ -598,12 +665,14 @@ def _crash_isolated_call(path: Path, fmt: str) -> ReaderCall:
 # open_raw
 
 
-def open_raw(path: str | Path, preload: bool = False) -> mne.io.BaseRaw:
+def open_raw(path: str | Path, preload: bool = False, allow_truncated: bool = False) -> mne.io.BaseRaw:
     """Open one recording (file, or CTF ``.ds`` / EGI ``.mff`` folder) as an MNE Raw.
 
     Args:
         path: the entry point of the recording (see `SUPPORTED_EXTENSIONS`).
         preload: load the data into memory now (else it is read on demand).
+        allow_truncated: open a truncated file (fewer data than its header declares) anyway; the reasons are
+            logged and kept on the Raw (`integrity_notes`). Default: `TruncatedRecordingError`.
 
     Returns:
         The Raw, with at least one channel and one sample.
@@ -621,8 +690,9 @@ def open_raw(path: str | Path, preload: bool = False) -> mne.io.BaseRaw:
         if re.search(r"[-_]epo\.fif", path.name, re.IGNORECASE):
             raise _epoched_error(path)
         raise UnsupportedInputError(f"{path}: evoked (averaged) data, not a continuous recording")
+    notes: list[str] | None = [] if allow_truncated else None
     if fmt in ("edf", "bdf"):
-        _check_edf_header(path)
+        _check_edf_header(path, fmt, notes)
     elif fmt == "brainvision":
         _check_brainvision(path)
 
@@ -633,8 +703,11 @@ def open_raw(path: str | Path, preload: bool = False) -> mne.io.BaseRaw:
     else:
         func, kwargs = _READERS[fmt]
         call = ReaderCall(func, kwargs)
-    raw = _call_reader(path, fmt, lambda: call(path, preload))
+    raw = _call_reader(path, fmt, lambda: call(path, preload), notes)
     _check_raw(raw, path, fmt, preload)
+    if notes:
+        logger.warning("%s: opened although truncated: %s", path, "; ".join(notes))
+        setattr(raw, _NOTES_ATTR, notes)
     return raw
 
 
@@ -684,15 +757,18 @@ class RecordingSource:
                 pass
         return Path(self.path).as_posix()
 
-    def open(self, preload: bool = False) -> mne.io.BaseRaw:
+    def open(self, preload: bool = False, allow_truncated: bool = False) -> mne.io.BaseRaw:
         """Open the recording (`open_raw`, or ``mne_bids.read_raw_bids`` for BIDS); same errors as `open_raw`."""
         if self.bids_path is None:
-            return open_raw(self.path, preload=preload)
+            return open_raw(self.path, preload=preload, allow_truncated=allow_truncated)
         from mne_bids import read_raw_bids
 
         path = Path(self.path)
         _check_path(path)
-        raw = _call_reader(path, "BIDS", lambda: read_raw_bids(self.bids_path, verbose="warning"))
+        notes: list[str] | None = [] if allow_truncated else None
+        raw = _call_reader(path, "BIDS", lambda: read_raw_bids(self.bids_path, verbose="warning"), notes)
+        if notes:
+            setattr(raw, _NOTES_ATTR, notes)
         if preload:
             _call_reader(path, "BIDS", raw.load_data)
         _check_raw(raw, path, "BIDS", preload)

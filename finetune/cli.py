@@ -30,6 +30,7 @@ class FinetuneCLI(RunDirCLI):
     """``python -m finetune fit``: default run directory ``runs/finetune``."""
 
     stage = "finetune"
+    supported = ("fit", "validate", "test")  # `python -m finetune predict` is the packaged-model tool
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--early_stopping_patience", type=int, default=10,

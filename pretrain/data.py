@@ -31,6 +31,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 
+from data.shards import check_shard_index
 from tokenizer.encode import read_token_manifest
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class SegmentDataset(StreamingDataset):
             if not local:
                 raise ValueError(f"{tokens}: pass the token manifest dict for object-store shards")
             manifest = read_token_manifest(path)
+        if local:
+            check_shard_index(path)  # never unpickle: refuse indexes declaring pickled fields
         # drop_last=None: litdata drops the tail under DDP so every rank yields the same number of
         # segments (unequal counts would leave one rank waiting in a collective at the end of an epoch)
         kwargs.setdefault("drop_last", None)

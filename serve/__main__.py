@@ -5,6 +5,7 @@
     python -m serve keys revoke --file keys.json KEY_ID
     python -m serve keys list --file keys.json
     python -m serve demo --registry REGISTRY RECORDING         # start, send, print, stop
+    python -m serve health                                     # exit 0 when 127.0.0.1:$BRAINFORGE_PORT is ready
 
 Every server flag also reads from the environment: ``BRAINFORGE_REGISTRY``, ``BRAINFORGE_PORT``, ... (flags win).
 """
@@ -12,38 +13,44 @@ Every server flag also reads from the environment: ``BRAINFORGE_REGISTRY``, ``BR
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-# flag -> Settings field; type; help
-SERVER_FLAGS = {
-    "--registry": (str, "registry folder of model packages (NAME/VERSION/) [BRAINFORGE_REGISTRY]"),
-    "--host": (str, "bind address (default 127.0.0.1)"),
-    "--port": (int, "port (default 8000; 0 picks a free one)"),
-    "--api-keys": (str, "keys file; when given every non-health route needs 'Authorization: Bearer KEY'"),
-    "--max-batch": (int, "most windows per forward pass (default 32; 1 = one request per forward pass)"),
-    "--max-delay-ms": (float, "longest wait for a batch to fill, ms (default 10)"),
-    "--max-queue": (int, "requests admitted per model before 429 (default 64)"),
-    "--max-body-mb": (float, "largest request body, MB (default 200; 413 beyond)"),
-    "--max-duration-s": (float, "longest recording, s (default 3600; 422 beyond)"),
-    "--max-channels": (int, "most channels (default 512; 422 beyond)"),
-    "--min-sfreq": (float, "lowest sampling rate, Hz (default 64)"),
-    "--max-sfreq": (float, "highest sampling rate, Hz (default 20000)"),
-    "--preprocess-threads": (int, "threads reading and preprocessing inputs (default 2)"),
-    "--torch-threads": (int, "torch intra-op threads (default: half the CPU cores, at least 1)"),
-    "--upload-dir": (str, "parent folder of per-request upload folders (default: system temp)"),
-    "--graceful-timeout-s": (float, "how long shutdown waits for in-flight requests (default 30)"),
-    "--log-level": (str, "INFO, DEBUG, WARNING ..."),
-}
+
+def _flag_type(annotation):
+    """argparse type of a Settings field: the non-None member of ``X | None``; Path fields are read as str."""
+    import types
+    import typing
+    from pathlib import Path as _Path
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] if isinstance(
+        annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else [annotation]
+    typ = args[0] if args else str
+    return str if typ is _Path else typ
 
 
 def _server_parser() -> argparse.ArgumentParser:
+    """One flag per `Settings` field, generated from the model (name, type, description, default, env var),
+    so flags, environment variables and defaults cannot drift apart."""
+    from pydantic_core import PydanticUndefined
+
+    from serve.settings import Settings
+
     p = argparse.ArgumentParser(prog="python -m serve", description="brainforge model server (Open Inference Protocol v2 "
-                                "+ recording upload). Subcommands: `keys add|revoke|list`, `demo`.")
-    for flag, (typ, help_) in SERVER_FLAGS.items():
-        p.add_argument(flag, type=typ, default=None, help=help_)
-    p.add_argument("--no-preload", dest="preload", action="store_false", default=None,
-                   help="load models on first use instead of at startup")
+                                "+ recording upload). Subcommands: `keys add|revoke|list`, `demo`, `health`. Every flag "
+                                "also reads from its BRAINFORGE_* environment variable (the flag wins).")
+    for name, field in Settings.model_fields.items():
+        flag, env = "--" + name.replace("_", "-"), "BRAINFORGE_" + name.upper()
+        required = field.default is PydanticUndefined
+        default = "required unless set in the environment" if required else f"default {field.default}"
+        help_ = f"{field.description or name} [{default}; {env}]"
+        typ = _flag_type(field.annotation)
+        if typ is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:  # a required field is a required flag unless its environment variable is set
+            p.add_argument(flag, dest=name, type=typ, default=None, metavar=name.upper(), help=help_,
+                           required=required and env not in os.environ)
     return p
 
 
@@ -63,7 +70,7 @@ def _settings_from(args: argparse.Namespace, **extra):
 def _keys(argv: list[str]) -> int:
     from serve.auth import KeyFileError, add_key, read_keys, revoke_key
 
-    p = argparse.ArgumentParser(prog="python -m serve keys", description="manage API keys (salted scrypt hashes)")
+    p = argparse.ArgumentParser(prog="python -m serve keys", description="manage API keys (HMAC-SHA-256 of random secrets)")
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("add", help="create a key and print it once")
     a.add_argument("--file", required=True, type=Path)
@@ -91,10 +98,32 @@ def _keys(argv: list[str]) -> int:
     return 0
 
 
+def _health(argv: list[str]) -> int:
+    """The container health check: GET /v2/health/ready on this machine, at the port the server reads
+    (``--port``, else BRAINFORGE_PORT, else 8000); exit 0 when ready."""
+    import urllib.error
+    import urllib.request
+
+    p = argparse.ArgumentParser(prog="python -m serve health", description=_health.__doc__)
+    p.add_argument("--port", type=int, default=int(os.environ.get("BRAINFORGE_PORT") or 8000))
+    p.add_argument("--timeout", type=float, default=4.0)
+    args = p.parse_args(argv)
+    url = f"http://127.0.0.1:{args.port}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            ok = r.status == 200
+    except (urllib.error.URLError, OSError) as e:
+        print(f"not ready: {url}: {e}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "keys":
         return _keys(argv[1:])
+    if argv and argv[0] == "health":
+        return _health(argv[1:])
     if argv and argv[0] == "demo":
         from serve.demo import main as demo_main
 

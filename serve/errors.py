@@ -51,3 +51,14 @@ class QueueFull(ServeError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(max(1, int(retry_after_s)))}
+
+
+class ServerBusy(ServeError):
+    """A server-wide budget (memory of bodies being parsed, upload disk space, failed key checks) is spent: 429
+    with ``Retry-After`` rather than growing (every error of this server is a 4xx)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, int(retry_after_s)))}

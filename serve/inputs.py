@@ -1,19 +1,24 @@
 """Turn request inputs into MNE objects: v2 tensors / JSON arrays -> RawArray or EpochsArray, uploads -> files.
 
 Uploads are written into a per-request temporary directory (`request_tmpdir`, removed after the request, also
-on errors). A ``.zip`` (e.g. BrainVision's .vhdr/.vmrk/.eeg) is unpacked there after checking every member:
-no absolute paths, no ``..``, no links, at most `MAX_ZIP_MEMBERS` members and ``max_bytes`` unpacked (counted
-while unpacking, not trusted from the zip's directory). The recording inside is found with `data.discover`.
+on errors; folders left by a killed server are removed at the next start, `sweep_stale_uploads`). A ``.zip``
+(e.g. BrainVision's .vhdr/.vmrk/.eeg) is unpacked there after checking every member: no absolute paths, no
+``..``, no links, at most `MAX_ZIP_MEMBERS` members; before anything is unpacked, the declared sizes must fit
+``max_bytes`` and the upload disk budget, and the declared compression ratios ``max_ratio`` (zip bombs); while
+unpacking, the bytes written are counted against the same limits (a member cannot yield more than it declares:
+`zipfile` stops there and checks the CRC). The recording inside is found with `data.discover`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +29,8 @@ import numpy as np
 from serve.errors import BadInput, LimitExceeded, PayloadTooLarge
 
 MAX_ZIP_MEMBERS = 64
+UPLOAD_PREFIX = "brainforge-upload-"
+RATIO_MIN_BYTES = 1 << 20  # members smaller than this are not held to the compression-ratio limit
 CH_TYPES = {"eeg", "mag", "grad", "eog", "ecg", "emg", "stim", "misc", "resp", "bio", "seeg", "ecog", "dbs", "ref_meg"}
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -130,12 +137,45 @@ def decode_tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -
 # --- uploads ----------------------------------------------------------------------------------------
 @contextmanager
 def request_tmpdir(base: Path | None = None) -> Iterator[Path]:
-    """A fresh ``brainforge-upload-*`` directory under ``base`` (default: the system temp dir), always removed."""
-    path = Path(tempfile.mkdtemp(prefix="brainforge-upload-", dir=base))
+    """A fresh ``brainforge-upload-<pid>-*`` directory under ``base`` (default: the system temp dir), always removed."""
+    path = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", dir=base))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_uploads(base: Path | None = None, legacy_age_s: float = 3600.0) -> list[str]:
+    """Remove upload folders whose server process is gone (killed with -9 mid-request); returns their names.
+    Folders of the older naming (no pid) are removed once older than ``legacy_age_s``."""
+    root = Path(base) if base is not None else Path(tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not p.name.startswith(UPLOAD_PREFIX) or not p.is_dir() or p.is_symlink():
+            continue
+        m = re.match(rf"^{UPLOAD_PREFIX}(\d+)-", p.name)
+        try:
+            stale = not _alive(int(m.group(1))) if m else time.time() - p.stat().st_mtime > legacy_age_s
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
 
 
 def safe_filename(filename: str | None) -> str:
@@ -160,8 +200,13 @@ def _check_member(info: zipfile.ZipInfo) -> PurePosixPath:
     return PurePosixPath(*[SAFE_NAME.sub("_", part) for part in p.parts])
 
 
-def unpack_zip(archive: Path, dest: Path, max_bytes: int) -> None:
-    """Unpack ``archive`` into ``dest`` with the checks above; BadInput / PayloadTooLarge on failure."""
+def unpack_zip(archive: Path, dest: Path, max_bytes: int, max_ratio: float | None = None,
+               reserve: Callable[[int, str], None] | None = None) -> None:
+    """Unpack ``archive`` into ``dest`` with the checks above; BadInput / PayloadTooLarge on failure.
+
+    ``max_ratio``: the largest unpacked/packed ratio of the whole archive and of any member over 1 MB.
+    ``reserve(n, what)``: called once with the declared unpacked size before anything is written (the upload
+    disk budget; it raises when the space is not there)."""
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
@@ -170,6 +215,25 @@ def unpack_zip(archive: Path, dest: Path, max_bytes: int) -> None:
         members = zf.infolist()
         if len(members) > MAX_ZIP_MEMBERS:
             raise BadInput(f"{archive.name} has {len(members)} members (limit {MAX_ZIP_MEMBERS})")
+        files = [m for m in members if not m.is_dir()]
+        declared = sum(m.file_size for m in files)
+        limit_mb = max_bytes / 2**20
+        if declared > max_bytes:
+            raise PayloadTooLarge(f"{archive.name} declares {declared / 2**20:.1f} MB unpacked, more than the "
+                                  f"{limit_mb:g} MB limit; nothing was unpacked")
+        if max_ratio is not None:
+            packed = max(1, sum(m.compress_size for m in files))
+            worst = max(files, key=lambda m: m.file_size / max(1, m.compress_size), default=None)
+            if declared > RATIO_MIN_BYTES and declared / packed > max_ratio:
+                raise PayloadTooLarge(f"{archive.name} unpacks to {declared / packed:.0f}x its packed size (limit "
+                                      f"{max_ratio:g}x): refused as a zip bomb; nothing was unpacked")
+            if worst is not None and worst.file_size > RATIO_MIN_BYTES and worst.file_size / max(1, worst.compress_size) > max_ratio:
+                raise PayloadTooLarge(f"{archive.name}: member {worst.filename!r} unpacks to "
+                                      f"{worst.file_size / max(1, worst.compress_size):.0f}x its packed size (limit "
+                                      f"{max_ratio:g}x): refused as a zip bomb; nothing was unpacked")
+        if reserve is not None:
+            reserve(declared, f"unpacking {archive.name}")
+        max_bytes = min(max_bytes, declared)  # never more than declared, whatever the members yield
         total = 0
         for info in members:
             rel = _check_member(info)

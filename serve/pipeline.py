@@ -7,6 +7,7 @@ Errors become `ServeError`s: malformed -> 400, outside the limits or unusable da
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from serve.limits import check_recording
 from serve.schemas import InferRequest, RecordingJSON
 from serve.settings import Settings
 
+log = logging.getLogger("brainforge.serve.pipeline")  # runs on the preprocessing threads, with the request id
 
 def _validation_message(e: ValidationError) -> str:
     parts = []
@@ -53,8 +55,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ValidationError as e:
             raise BadInput(_validation_message(e)) from e
         except (BrainforgeDataError, FinetuneDataError) as e:
+            log.info("input unusable", extra={"fields": {"error": str(e), "type": type(e).__name__}})
             raise LimitExceeded(str(e)) from e
         except (ValueError, TypeError) as e:
+            log.info("input refused", extra={"fields": {"error": str(e), "type": type(e).__name__}})
             raise BadInput(f"cannot use the input: {e}") from e
 
     return wrapper
@@ -73,6 +77,9 @@ def _prepare(predictor, settings: Settings, obj, what: str):
     return predictor.prepare_raw(obj, what)
 
 
+V2_INPUTS = ("signal", "epochs", "channel_names", "channel_types", "positions", "orientations")
+
+
 @guarded
 def prepare_v2(predictor, settings: Settings, body: bytes):
     """A v2 infer body -> (RawWindows, the request). Inputs: signal, [channel_names, channel_types, positions]."""
@@ -81,19 +88,25 @@ def prepare_v2(predictor, settings: Settings, body: bytes):
     for inp in req.inputs:
         if inp.name in tensors:
             raise BadInput(f"input {inp.name!r} given twice")
-        if inp.name not in ("signal", "channel_names", "channel_types", "positions", "orientations"):
-            raise BadInput(f"unknown input {inp.name!r} (expected signal, channel_names, channel_types, positions, orientations)")
-        if inp.name == "signal" and inp.datatype not in ("FP32", "FP64", "FP16"):
-            raise BadInput(f"input 'signal' must be FP32, got {inp.datatype}")
-        if inp.name == "signal":
+        if inp.name not in V2_INPUTS:
+            raise BadInput(f"unknown input {inp.name!r} (expected {', '.join(V2_INPUTS)})")
+        if inp.name in ("signal", "epochs") and inp.datatype not in ("FP32", "FP64", "FP16"):
+            raise BadInput(f"input {inp.name!r} must be FP32, got {inp.datatype}")
+        if inp.name in ("signal", "epochs") and len(inp.shape) != (2 if inp.name == "signal" else 3):
+            raise BadInput(f"input {inp.name!r} must be {'[C, T]' if inp.name == 'signal' else '[N, C, T]'}, got "
+                           f"shape {inp.shape}" + (" (N epochs go in the input 'epochs')" if inp.name == "signal" else ""))
+        if inp.name in ("signal", "epochs"):
             n = int(np.prod(inp.shape)) if inp.shape else 1
             if len(inp.shape) in (2, 3) and inp.shape[-2] > settings.max_channels:
                 raise LimitExceeded(f"signal: {inp.shape[-2]} channels exceed the limit of {settings.max_channels}")
             if n > settings.max_body_bytes:
                 raise BadInput(f"signal shape {inp.shape} is larger than any accepted body")
         tensors[inp.name] = decode_tensor(inp.name, inp.shape, inp.datatype, inp.data)
-    if "signal" not in tensors:
-        raise BadInput("input 'signal' (FP32 [C, T] or [N, C, T]) is missing")
+    if ("signal" in tensors) == ("epochs" in tensors):
+        raise BadInput("give exactly one of the inputs 'signal' (FP32 [C, T], one recording) and 'epochs' "
+                       "(FP32 [N, C, T])")
+    if "epochs" in tensors:
+        tensors["signal"] = tensors.pop("epochs")
     params = req.parameters or {}
     sfreq = params.get("sfreq")
     if isinstance(sfreq, bool) or not isinstance(sfreq, int | float):
@@ -124,10 +137,12 @@ def prepare_json(predictor, settings: Settings, body: bytes):
 
 
 @guarded
-def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj: BinaryIO):
+def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj: BinaryIO, space=None):
     """An uploaded recording (any MNE format, or a zip such as BrainVision's three files) -> RawWindows.
 
     The file is copied into a fresh temporary directory that is removed before this returns or raises.
+    ``space``: the request's `serve.admission.Hold` on the upload disk budget (a zip's unpacked size is reserved
+    there before it is unpacked).
     """
     from data.readers import open_raw
 
@@ -136,12 +151,15 @@ def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj:
         target = tmp / name
         with open(target, "wb") as out:
             shutil.copyfileobj(fileobj, out, 1 << 20)
-        if target.stat().st_size == 0:
+        size = target.stat().st_size
+        log.info("upload received", extra={"fields": {"file": name, "bytes": size}})
+        if size == 0:
             raise BadInput(f"uploaded file {name} is empty")
         if name.lower().endswith(".zip"):
             unpack_dir = tmp / "unpacked"
             unpack_dir.mkdir()
-            unpack_zip(target, unpack_dir, settings.max_zip_bytes)
+            unpack_zip(target, unpack_dir, settings.max_zip_bytes, settings.max_zip_ratio,
+                       space.add if space is not None else None)
             target.unlink()
             path = find_recording(unpack_dir, name)
         else:

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Param = bool | int | float | str | list[str] | list[float] | None
+Param = bool | int | float | str | list[str] | list[float] | None  # accepted in requests (lists: channel names)
+Scalar = bool | int | float | str  # OIP parameter values in responses: string, number or boolean
 
 
 class ErrorBody(BaseModel):
@@ -24,7 +25,7 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    parameters: dict[str, Param] | None = None
+    parameters: dict[str, Scalar] | None = None
 
 
 class ModelMetadata(BaseModel):
@@ -33,7 +34,7 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    parameters: dict[str, Param] | None = None
+    parameters: dict[str, Scalar] | None = None
 
 
 class InferInput(BaseModel):
@@ -52,8 +53,9 @@ class RequestedOutput(BaseModel):
 
 
 class InferRequest(BaseModel):
-    """``inputs``: ``signal`` FP32 [C, T] (one recording) or [N, C, T] (N epochs), SI units (V, T, T/m); optional
-    ``channel_names`` BYTES [C], ``channel_types`` BYTES [C], ``positions`` FP32 [C, 3] (metres, head frame).
+    """``inputs``: ``signal`` FP32 [C, T] (one recording) or ``epochs`` FP32 [N, C, T] (N epochs), SI units
+    (V, T, T/m); optional ``channel_names`` BYTES [C], ``channel_types`` BYTES [C], ``positions`` and
+    ``orientations`` FP32 [C, 3] (metres / unit vectors, head frame).
     ``parameters``: ``sfreq`` (Hz, required), and ``channel_names`` / ``channel_types`` as lists or
     comma-separated strings when not given as tensors."""
 
@@ -67,15 +69,18 @@ class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Param] | None = None
+    parameters: dict[str, Scalar] | None = None
     data: list[Any]
 
 
 class InferResponse(BaseModel):
+    """``id``: the request's, else the request id (X-Request-ID). Outputs: probabilities, labels, t0_s,
+    source_index, class_labels (the model's classes, in the order of the probability columns)."""
+
     model_name: str
     model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Param] | None = None
+    id: str
+    parameters: dict[str, Scalar] | None = None
     outputs: list[InferOutput]
 
 

@@ -37,6 +37,7 @@ EXPECTED_ERRORS: dict[str, tuple[type[BrainforgeDataError], str]] = {
     "broken/test_subsecond_header_only.edf": (UnreadableRecordingError, "header only"),
     "broken/test_raw_truncated_raw.fif": (UnreadableRecordingError, "truncated"),
     "broken/test.vhdr": (UnreadableRecordingError, "test.eeg"),
+    "broken/test_subsecond_truncated.edf": (UnreadableRecordingError, "truncated"),  # 10 s of a declared 698 s
 }
 CNT_FILES = ["cnt/scan41_short.cnt", "cnt/test_CNT_events_mne_JWoess_clipped.cnt", "ant/test_CA_208.cnt"]
 
@@ -135,7 +136,7 @@ def test_edf_type_prefixes_become_types(recordings: Path) -> None:
 def test_mne_warnings_are_logged_not_printed(recordings: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = recordings / "broken" / "test_subsecond_truncated.edf"
     with caplog.at_level(logging.INFO, logger="brainforge.data"):
-        raw = open_raw(path)
+        raw = open_raw(path, allow_truncated=True)  # refused by default (tests/test_hardening_data.py)
     assert raw.n_times == 1280  # the 10 s that are there
     assert any(r.levelno == logging.WARNING and str(path) in r.getMessage() and "file size" in r.getMessage()
                for r in caplog.records)  # fmt: skip

@@ -98,7 +98,8 @@ def test_health_is_open_and_everything_else_needs_a_key(srv, client, registry):
     with httpx.Client(base_url=srv.url, timeout=30) as anon:
         assert anon.get("/v2/health/live").json() == {"live": True}
         assert anon.get("/v2/health/ready").json() == {"ready": True}
-        for method, path in [("GET", "/v2"), ("GET", f"/v2/models/{name}"), ("GET", f"/v2/models/{name}/ready"),
+        assert anon.get(f"/v2/models/{name}/ready").json()["ready"] is True  # readiness is key-free too
+        for method, path in [("GET", "/v2"), ("GET", f"/v2/models/{name}"),
                              ("POST", f"/v2/models/{name}/infer"), ("POST", f"/v1/models/{name}/predict"),
                              ("POST", "/v1/tokenize"), ("GET", "/v1/models"), ("GET", "/metrics")]:
             r = anon.request(method, path)
@@ -119,10 +120,11 @@ def test_model_metadata_and_ready(client, registry, predictor):
         assert meta["name"] == name and "1" in meta["versions"]
         inputs = {t["name"]: t for t in meta["inputs"]}
         outputs = {t["name"]: t for t in meta["outputs"]}
-        assert inputs["signal"]["datatype"] == "FP32" and inputs["signal"]["shape"] == [-1, -1, -1]
+        assert inputs["signal"]["datatype"] == "FP32" and inputs["signal"]["shape"] == [-1, -1]
+        assert inputs["epochs"]["shape"] == [-1, -1, -1] and inputs["orientations"]["shape"] == [-1, 3]
         assert inputs["positions"]["shape"] == [-1, 3] and inputs["channel_names"]["datatype"] == "BYTES"
         assert outputs["probabilities"]["datatype"] == "FP32" and outputs["probabilities"]["shape"] == [-1, len(labels)]
-        assert meta["parameters"]["labels"] == labels
+        assert outputs["class_labels"]["shape"] == [len(labels)] and meta["parameters"]["labels"] == ",".join(labels)
     assert client.get(f"/v2/models/{name}/ready").json()["ready"] is True
     assert client.get(f"/v2/models/{name}/versions/1/ready").json() == {"name": name, "version": "1", "ready": True}
     _error(client.get("/v2/models/no-such-model"), 404, "no-such-model")
@@ -149,7 +151,7 @@ def test_v2_infer_recording_and_epochs(client, registry, predictor):
     assert probs.shape == (n_win, len(labels)) and n_win >= 3
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert out["labels"]["data"] == [labels[i] for i in probs.argmax(1)]
-    assert body["parameters"]["class_labels"] == labels
+    assert out["class_labels"]["data"] == labels and "class_labels" not in body["parameters"]
 
     # channel names/types as BYTES tensors, and positions: the same answer as names in parameters
     body2 = v2_body(x, names, 512.0)
@@ -161,10 +163,11 @@ def test_v2_infer_recording_and_epochs(client, registry, predictor):
     np.testing.assert_array_equal({o["name"]: o for o in r2.json()["outputs"]}["probabilities"]["data"],
                                   out["probabilities"]["data"])
 
-    # [N, C, T]: three epochs, each answered separately (source_index tells which)
+    # [N, C, T]: three epochs (the input 'epochs'), each answered separately (source_index tells which)
     ep = np.stack([eeg_signal(8, 4.0, seed=s)[0] for s in range(3)])
-    r3 = client.post(f"/v2/models/{name}/infer", json={**v2_body(ep, names, 256.0), "outputs": [{"name": "source_index"},
-                                                                                              {"name": "labels"}]})
+    body3 = v2_body(ep, names, 256.0)
+    body3["inputs"][0]["name"] = "epochs"
+    r3 = client.post(f"/v2/models/{name}/infer", json={**body3, "outputs": [{"name": "source_index"}, {"name": "labels"}]})
     assert r3.status_code == 200, r3.text
     outs = {o["name"]: o for o in r3.json()["outputs"]}
     assert set(outs) == {"source_index", "labels"} and sorted(set(outs["source_index"]["data"])) == [0, 1, 2]
@@ -342,8 +345,10 @@ def test_hot_added_versions_and_broken_packages(client, registry):
     _error(client.get("/v2/models/broken/ready"), 409, "model.safetensors")
     _error(client.post("/v2/models/broken/infer", json=v2_body(x, names, 256.0)), 409, "not ready")
     assert client.get(f"/v2/models/{name}/ready").status_code == 200  # the server stays up
+    _error(client.get("/v2/health/ready"), 409, "broken")  # ready means every model is ready
     shutil.copy(root / name / "1" / "model.safetensors", weights)  # repaired in place: picked up again
     assert client.get("/v2/models/broken/ready").json()["ready"] is True
+    assert client.get("/v2/health/ready").json() == {"ready": True}
 
 
 # --- saturated queue and graceful shutdown ------------------------------------------------------------

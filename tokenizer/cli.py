@@ -20,6 +20,12 @@ class RunDirCLI(LightningCLI):
     """LightningCLI with run-directory defaults. ``stage`` names the default ``runs/<stage>`` folder."""
 
     stage = "run"
+    #: the LightningCLI subcommands this stage's module has steps for (``test``/``predict`` need
+    #: ``test_step``/``predict_step``); only these are listed and accepted
+    supported = ("fit", "validate")
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in self.supported}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import read_manifest
+from data import check_item_fields, check_shard_index, read_manifest
 from data.atomic import atomic_directory, content_hash, write_json_atomic
 from data.dataset import WindowCollator, window_dataset
 from tokenizer.package import load_package
@@ -41,14 +41,14 @@ def _encode_range(job: tuple[str, str, int, int, int]):
                                batch["channel_ids"])
         n_ch = batch["channel_mask"].sum(1).tolist()
         for j in range(idx.shape[0]):
-            yield {
+            yield check_item_fields({
                 "indices": idx[j].numpy().astype(np.int16),
-                "recording": batch["recording"][j],
-                "subject": batch["subject"][j],
+                "recording": str(batch["recording"][j]),
+                "subject": str(batch["subject"][j]),
                 "t0_s": float(batch["t0_s"][j]),
-                "label": batch["label"][j] or "",
+                "label": str(batch["label"][j] or ""),
                 "n_channels": int(n_ch[j]),
-            }
+            }, shards)
 
 
 def encode_shards(
@@ -87,6 +87,7 @@ def encode_shards(
 def _token_manifest(tmp: Path, package: str, src: dict, cfg, seconds: float) -> dict:
     from litdata import StreamingDataset
 
+    check_shard_index(tmp)
     items = StreamingDataset(str(tmp))
     recs: dict[str, dict] = {}
     for i in range(len(items)):
@@ -115,4 +116,5 @@ def read_token_manifest(path: str | Path) -> dict:
     m = json.loads((Path(path) / "manifest.json").read_text())
     if m.get("kind") != "tokens":
         raise ValueError(f"{path} holds window shards, not token shards: run `python -m tokenizer encode` first")
+    check_shard_index(path)  # never unpickle: refuse indexes declaring pickled fields
     return m
