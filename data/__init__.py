@@ -13,7 +13,7 @@ from .errors import (
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
 from .readers import RecordingSource, discover, open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
-from .shards import prepare, read_manifest
+from .shards import merge, prepare, read_manifest
 
 _LAZY = {"WindowCollator", "WindowDataModule", "window_dataset"}  # need torch + lightning: import on use
 
@@ -30,6 +30,6 @@ __all__ = [
     "BrainforgeDataError", "NoSensorChannelsError", "NoUsableWindowsError", "OutputExistsError",
     "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
     "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsupportedInputError", "Window",
-    "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "open_raw", "prepare",
+    "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "merge", "open_raw", "prepare",
     "read_manifest", "window_dataset",
 ]
