@@ -122,7 +122,12 @@ def find_inputs() -> tuple[list[Recording], str]:
 
 
 def run_ours(paths: Sequence[Path], out: Path, workers: int) -> dict:
-    """`data.prepare` into ``out``; returns the manifest."""
+    """`data.prepare` into ``out``; returns the manifest. Filter designs are cleared first: each run designs its
+    own, as a fresh ``python -m data prepare`` would (within a run, recordings at one rate share a design)."""
+    from data.preprocess import band_filter, resample_filter
+
+    band_filter.cache_clear()
+    resample_filter.cache_clear()
     return data.prepare([str(p) for p in paths], out, workers=workers, overwrite=True, progress=False)
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import mne
@@ -110,6 +110,40 @@ def _rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
     return frac.numerator, frac.denominator
 
 
+def _design_band_filter(sf: float, l_freq: float | None, h_freq: float, notch_freqs: tuple[float, ...]) -> np.ndarray:
+    """Band-pass and notch FIRs at ``sf`` (MNE defaults), convolved into one symmetric filter (float64)."""
+    h = mne.filter.create_filter(None, sf, l_freq, h_freq, verbose="error")
+    if notch_freqs:
+        freqs = np.asarray(notch_freqs)
+        tb_2 = 0.5  # notch_filter's trans_bandwidth=1 Hz, notch widths freq/200
+        lows, highs = freqs - freqs / 400 - tb_2, freqs + freqs / 400 + tb_2
+        notch = mne.filter.create_filter(None, sf, highs, lows, l_trans_bandwidth=tb_2, h_trans_bandwidth=tb_2, verbose="error")
+        h = np.convolve(h, notch)
+    return h
+
+
+@lru_cache(maxsize=64)
+def band_filter(sf: float, l_freq: float | None, h_freq: float, notch_freqs: tuple[float, ...]) -> np.ndarray:
+    """`_design_band_filter` as float32, designed once per (rate, band, notches) in a process (read-only array).
+
+    A design costs tens of milliseconds (MNE's firwin over a 33 s filter); every recording, upload or request
+    at one sampling rate shares it.
+    """
+    h = _design_band_filter(sf, l_freq, h_freq, notch_freqs).astype(np.float32)
+    h.flags.writeable = False
+    return h
+
+
+@lru_cache(maxsize=64)
+def resample_filter(rate: int) -> np.ndarray | None:
+    """The polyphase resampler's anti-alias FIR for ``max(up, down) = rate`` (None when there is nothing to resample)."""
+    if rate <= 1:
+        return None
+    h = firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(np.float32)
+    h.flags.writeable = False
+    return h
+
+
 class RecordingPipeline:
     """Streams one opened recording through a spec into windows.
 
@@ -144,10 +178,9 @@ class RecordingPipeline:
         self.up, self.down = _rational_ratio(spec.sfreq, self.sfreq_in)
         self.sfreq_out = self.sfreq_in * self.up / self.down  # equals spec.sfreq up to the rational approximation
         self.notch_freqs = spec.notch_freqs(self.sfreq_in, raw.info.get("line_freq"))
-        self.fir = self._design_fir().astype(np.float32)
+        self.fir = band_filter(spec.sfreq, spec.l_freq, low, tuple(self.notch_freqs))
         self.half = (len(self.fir) - 1) // 2
-        rate = max(self.up, self.down)
-        self.resample_fir = firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(np.float32) if rate > 1 else None
+        self.resample_fir = resample_filter(max(self.up, self.down))
         self.margin_in = self._round_up(int(np.ceil((self.half + 64) * self.down / self.up)) + 10 * self.down)
         if chunk_s is None:  # a sample budget: a few minutes of EEG, bounded memory for big MEG arrays
             chunk_s = max(60.0, CHUNK_SAMPLES / (len(full_layout) * self.sfreq_in))
@@ -158,18 +191,9 @@ class RecordingPipeline:
         return -(-n // self.down) * self.down
 
     def _design_fir(self) -> np.ndarray:
-        """Band-pass and notch FIRs at ``spec.sfreq`` (MNE defaults), convolved into one symmetric filter."""
-        sf, spec = self.spec.sfreq, self.spec
-        h = mne.filter.create_filter(None, sf, spec.l_freq, spec.low_pass(self.sfreq_in), verbose="error")
-        if self.notch_freqs:
-            freqs = np.asarray(self.notch_freqs)
-            tb_2 = 0.5  # notch_filter's trans_bandwidth=1 Hz, notch widths freq/200
-            lows, highs = freqs - freqs / 400 - tb_2, freqs + freqs / 400 + tb_2
-            notch = mne.filter.create_filter(
-                None, sf, highs, lows, l_trans_bandwidth=tb_2, h_trans_bandwidth=tb_2, verbose="error"
-            )
-            h = np.convolve(h, notch)
-        return h
+        """The combined band-pass and notch FIR of this recording (float64, as designed)."""
+        return _design_band_filter(self.spec.sfreq, self.spec.l_freq, self.spec.low_pass(self.sfreq_in),
+                                   tuple(self.notch_freqs))
 
     @property
     def n_out(self) -> int:
@@ -219,8 +243,8 @@ class RecordingPipeline:
         Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}}.
         """
         self._first_chunk = self.process_chunk(*next(self._chunk_bounds()))
-        y = self._first_chunk[0][:, ~self._first_chunk[1]]
-        y = y[:, :: max(1, y.shape[1] // MAD_SAMPLES)]
+        finite = np.flatnonzero(~self._first_chunk[1])
+        y = self._first_chunk[0][:, finite[:: max(1, finite.size // MAD_SAMPLES)]]  # no copy of the whole chunk
         if y.shape[1] == 0:
             raise NoUsableWindowsError(f"{self.name}: every sample is NaN or Inf")
         mad = np.median(np.abs(y - np.median(y, axis=1, keepdims=True)), axis=1)
