@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -162,6 +164,32 @@ def parse_v2(body: bytes, header_length: int | None = None,
     return req, tensors
 
 
+_INFO_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_INFO_CACHE_SIZE = 64
+_INFO_LOCK = threading.Lock()
+
+
+def cached_info(names: list[str], types: list[str] | None, sfreq: float,
+                positions: np.ndarray | None = None, orientations: np.ndarray | None = None):
+    """`make_info`, remembered per (names, types, sfreq, positions, orientations): building an MNE Info for 64
+    channels costs more than filtering a 10 s request, and clients send the same montage again and again. The
+    Info is shared read-only (`mne.io.RawArray` and `mne.EpochsArray` copy it); invalid inputs are never cached."""
+    key = (tuple(names), None if types is None else tuple(types), float(sfreq),
+           None if positions is None else np.asarray(positions, np.float64).tobytes(),
+           None if orientations is None else np.asarray(orientations, np.float64).tobytes())
+    with _INFO_LOCK:
+        info = _INFO_CACHE.get(key)
+        if info is not None:
+            _INFO_CACHE.move_to_end(key)
+            return info
+    info = make_info(names, types, sfreq, positions, orientations)
+    with _INFO_LOCK:
+        _INFO_CACHE[key] = info
+        while len(_INFO_CACHE) > _INFO_CACHE_SIZE:
+            _INFO_CACHE.popitem(last=False)
+    return info
+
+
 def _check_signal_shape(settings: Settings, x: np.ndarray) -> None:
     if x.ndim in (2, 3) and x.shape[-2] > settings.max_channels:
         raise LimitExceeded(f"signal: {x.shape[-2]} channels exceed the limit of {settings.max_channels}")
@@ -191,7 +219,7 @@ def prepare_v2(predictor, settings: Settings, body: bytes, header_length: int | 
     types = as_str_list(tensors["channel_types"].tolist(), "channel_types") if "channel_types" in tensors else \
         as_str_list(params.get("channel_types"), "parameters.channel_types")
     x = check_signal(tensors["signal"], "input 'signal'")
-    info = make_info(names, types, float(sfreq), tensors.get("positions"), tensors.get("orientations"))
+    info = cached_info(names, types, float(sfreq), tensors.get("positions"), tensors.get("orientations"))
     name = str(params.get("recording") or req.id or "signal")[:256]
     t1 = time.perf_counter()
     windows = _prepare(predictor, settings, mne_input(x, info), name)
@@ -229,7 +257,7 @@ def prepare_raw_body(predictor, settings: Settings, body: bytes, query: dict[str
     x = _binary_tensor("signal", shape, "FP32", memoryview(body))
     _check_signal_shape(settings, x)
     x = check_signal(x, "the octet-stream signal")
-    info = make_info(names, types, sfreq, None)
+    info = cached_info(names, types, sfreq)
     req = InferRequest.model_construct(id=query.get("id"), parameters={"sfreq": sfreq}, inputs=[], outputs=None)
     name = str(query.get("recording") or query.get("id") or "signal")[:256]
     t1 = time.perf_counter()
