@@ -129,6 +129,12 @@ class DynamicBatcher:
         """Run ``fn(*args)`` on this model's inference thread (e.g. tokenization), outside any batch."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    def _forward(self, items: list[dict]) -> tuple[np.ndarray, float]:
+        """``fn(items)`` on the inference thread, with the CPU seconds that thread spent in it."""
+        c0 = time.thread_time()
+        out = self.fn(items)
+        return out, time.thread_time() - c0
+
     def _take_batch(self) -> list[tuple[_Job, int, int]]:
         """(job, start, stop) slices of at most ``max_batch`` windows in all, oldest first."""
         out: list[tuple[_Job, int, int]] = []
@@ -177,7 +183,7 @@ class DynamicBatcher:
             items = [it for job, a, b in batch for it in job.items[a:b]]
             t0 = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.fn, items)
+                probs, cpu_s = await loop.run_in_executor(self.executor, self._forward, items)
             except Exception as e:  # a bug or a bad batch: every request in it gets the error
                 log.exception("forward pass failed", extra={"fields": {"model": self.labels[0], "version": self.labels[1]}})
                 for job, _, _ in batch:
@@ -192,6 +198,7 @@ class DynamicBatcher:
                 self.metrics.batch_size.labels(*self.labels).observe(len(items))
                 self.metrics.batch_requests.labels(*self.labels).observe(len(batch))
                 self.metrics.inference.labels(*self.labels).observe(elapsed)
+                self.metrics.forward_cpu.labels(*self.labels).inc(cpu_s)
             start = 0
             now = time.monotonic()
             for job, a, b in batch:

@@ -7,6 +7,8 @@ Metrics (``GET /metrics``):
   brainforge_batch_requests{model,version}                          histogram of requests per forward pass
   brainforge_inference_seconds{model,version}                       histogram of forward-pass time
   brainforge_queue_depth{model,version}                             gauge of admitted requests
+  brainforge_forward_cpu_seconds_total{model,version}                counter of CPU time of the inference thread
+                                                                    in forward passes (time.thread_time)
   brainforge_stage_seconds{model,version,stage}                     histogram of each request's time per stage:
       parse (body -> arrays), preprocess (-> model windows), queue_wait (windows queued -> their forward pass
       starts; a request split over several passes: until its last one starts), forward (the forward passes that
@@ -51,6 +53,8 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("brainforge_stage_seconds", "per-request time in each stage (see the module docstring)",
                                ["model", "version", "stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.forward_cpu = Counter("brainforge_forward_cpu_seconds", "CPU time of the inference thread in forward passes",
+                                   ["model", "version"], registry=r)
         self.queue_depth = Gauge("brainforge_queue_depth", "requests admitted (preprocessing, waiting or running)",
                                  ["model", "version"], registry=r)
 
