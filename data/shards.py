@@ -150,7 +150,9 @@ def _worker_main(wid: int, tasks, results, started: float) -> None:
     import multiprocessing as mp
     import queue
 
-    results.put(("ready", wid, time.time() - started))
+    import sys
+
+    results.put(("ready", wid, (time.time() - started, "torch" in sys.modules)))
     parent = mp.parent_process()
     while True:
         try:
@@ -206,6 +208,7 @@ def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) 
         tasks.put(None)
     sink = sink_factory()  # imports litdata (torch) while the workers start
     startup: dict[int, float] = {}
+    torch_in: dict[int, bool] = {}
     exited: set[int] = set()
     bar = tqdm(total=len(jobs), desc=f"prepare ({n} workers)", unit="recording", disable=not progress)
     try:
@@ -224,7 +227,8 @@ def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) 
             elif kind == "done":
                 bar.update(1)
             elif kind == "ready":
-                startup[a] = round(b, 3)
+                startup[a] = round(b[0], 3)
+                torch_in[a] = b[1]
             elif kind == "exit":
                 exited.add(a)
             elif kind == "error":
@@ -236,7 +240,8 @@ def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) 
             if p.is_alive():
                 p.terminate()
                 p.join()
-    return {"workers": n, "worker_startup_s": [startup.get(w) for w in range(n)], "sink": sink}
+    return {"workers": n, "worker_startup_s": [startup.get(w) for w in range(n)],
+            "worker_imported_torch": [torch_in.get(w) for w in range(n)], "sink": sink}
 
 
 def _input_bytes(path: str | Path) -> int:

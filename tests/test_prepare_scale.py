@@ -68,6 +68,7 @@ def test_worker_pool_writes_the_same_windows(inputs, one_node, tmp_path):
     m = prepare(inputs, tmp_path / "w2", workers=2, progress=False)
     assert _per_recording(m) == _per_recording(one_node)
     assert m["run"]["workers"] == 2 and all(s is not None and s > 0 for s in m["run"]["worker_startup_s"])
+    assert m["run"]["worker_imported_torch"] == [False, False]  # workers import the data stage only
     assert verify_shards(tmp_path / "w2") == []
     assert len(window_dataset(tmp_path / "w2")) == one_node["n_windows"]
 
