@@ -107,7 +107,9 @@ async def load(url: str, body: bytes | tuple[bytes, dict], concurrency: int, sec
     """Keep ``concurrency`` requests in flight for ``seconds`` (or until ``total`` are done)."""
     lat: list[float] = []
     errors: dict[str, int] = {}
+    error_log: list[str] = []
     done = 0
+    t_start = time.perf_counter()
     stop_at = time.perf_counter() + seconds if seconds else None
     body, headers = body if isinstance(body, tuple) else (body, {"content-type": "application/json"})
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -128,6 +130,8 @@ async def load(url: str, body: bytes | tuple[bytes, dict], concurrency: int, sec
                     key = str(r.status_code)
                 except httpx.HTTPError as e:
                     ok, key = False, type(e).__name__
+                    error_log.append(f"{time.perf_counter() - t_start:.1f} s after the start, after "
+                                     f"{time.perf_counter() - t0:.2f} s: {type(e).__name__}: {e!r}"[:240])
                 if ok:
                     lat.append(time.perf_counter() - t0)
                 else:
@@ -137,7 +141,7 @@ async def load(url: str, body: bytes | tuple[bytes, dict], concurrency: int, sec
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t_start
     a = np.asarray(lat) * 1000
-    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "seconds": elapsed,
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "error_log": error_log, "seconds": elapsed,
             "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(a, 50)) if len(a) else float("nan"),
             "p99_ms": float(np.percentile(a, 99)) if len(a) else float("nan")}
 
@@ -319,6 +323,8 @@ def write_results(args, rows: list[dict], soak: dict, load_before, wall_s: float
                   f"{soak['requests']} requests of {soak['shape']} (channels x seconds) in {soak['seconds']:.0f} s, errors "
                   f"{sum(soak['errors'].values())}; server RSS {soak['rss_before_mb']:.0f} MB before (after 200 warm-up "
                   f"requests) and {soak['rss_after_mb']:.0f} MB after: **{100 * soak['growth']:+.1f}%**."]
+        if soak["error_log"]:
+            lines += ["", "Soak errors (client side, as httpx raised them):", ""] + [f"- {e}" for e in soak["error_log"][:10]]
     lines += ["", "Aims: at concurrency 32 with 64 ch x 10 s requests, throughput >= 3x the unbatched figure of the same "
               "run OR forward pass >= 60% of the server's busy CPU time; zero errors in a 5,000-request soak with RSS "
               "growth < 10%.", ""]
