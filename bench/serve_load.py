@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +82,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "serve", "--registry", str(registry), "--port", str(self.port),
                     "--max-queue", "4096", "--log-level", "WARNING", *flags]
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        # stderr to a file: an undrained pipe would block the server once 64 KB of log lines piled up
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -90,9 +93,13 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server did not start: {self.stderr_tail()}")
             time.sleep(0.3)
         self.ps = psutil.Process(self.proc.pid)
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-n:]
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
@@ -264,7 +271,7 @@ def main() -> int:
                       f"({100 * soak['growth']:+.1f}%)", flush=True)
         finally:
             rc = srv.stop()
-            print(f"server ({mode}) stopped, exit {rc}")
+            print(f"server ({mode}) stopped, exit {rc}; last log lines:\n{srv.stderr_tail(1500)}")
     write_results(args, rows, soak, load_before, time.time() - started, limit)
     return 0
 
