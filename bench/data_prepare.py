@@ -9,7 +9,7 @@ It measures, in one run, and prints a table and writes ``bench/results/data_prep
 
 1. Throughput against braindecode on the same real recordings (``../shared/data/recordings`` when
    present, else the bundled ``tests/data`` fixtures), in recording-seconds per wall second. Ours:
-   `data.prepare` (workers=1, and workers=2). Peer: braindecode doing the same work: one
+   `data.prepare` (workers=1; workers=2 is item 3). Peer: braindecode doing the same work: one
    ``RawDataset(raw)`` (formerly ``BaseDataset``) per recording (preloaded) in a ``BaseConcatDataset``, ``preprocess`` with
    ``Preprocessor``s (pick EEG/MEG, polyphase resample to 256 Hz, FIR band-pass 0.1 Hz to
    min(100, 0.45 sfreq), notch at the same frequencies, bad-channel flagging + robust MAD scaling per
