@@ -245,11 +245,6 @@ _REF_SUFFIX_RE = re.compile(
 _DUP_SUFFIX_RE = re.compile(r"-\d+$")  # MNE's running numbers for duplicate labels: "F1-Ref-0"
 
 
-@lru_cache(maxsize=16384)
-def _name_keys(name: str) -> tuple[str, ...]:
-    return tuple(montage_name_keys(name))
-
-
 def montage_name_keys(name: str) -> list[str]:
     """Lower-case montage look-up keys for a channel label, most literal first.
 
@@ -302,14 +297,14 @@ def montage_positions(montage: str) -> Mapping[str, np.ndarray]:
 
 def _count_matches(names: tuple[str, ...], missing: np.ndarray, montage: str) -> int:
     table = montage_positions(montage)
-    return sum(any(k in table for k in _name_keys(names[i])) for i in np.flatnonzero(missing))
+    return sum(any(k in table for k in montage_name_keys(names[i])) for i in np.flatnonzero(missing))
 
 
 def _fill_from_montage(names: tuple[str, ...], missing: np.ndarray, positions: np.ndarray, montage: str) -> None:
     """Fill ``positions`` rows flagged in ``missing`` from the montage by cleaned name, in place."""
     table = montage_positions(montage)
     for i in np.flatnonzero(missing):
-        for key in _name_keys(names[i]):
+        for key in montage_name_keys(names[i]):
             pos = table.get(key)
             if pos is not None and np.isfinite(pos).all():
                 positions[i] = pos
