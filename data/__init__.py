@@ -14,7 +14,7 @@ from .errors import (
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
 from .readers import RecordingSource, discover, open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
-from .shards import check_item_fields, check_shard_index, prepare, read_manifest
+from .shards import check_item_fields, check_shard_index, merge, prepare, read_manifest
 
 _LAZY = {"WindowCollator", "WindowDataModule", "window_dataset"}  # need torch + lightning: import on use
 
@@ -32,6 +32,6 @@ __all__ = [
     "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
     "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsafeShardError", "UnsupportedInputError", "Window",
     "check_item_fields", "check_shard_index",
-    "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "open_raw", "prepare",
+    "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "merge", "open_raw", "prepare",
     "read_manifest", "window_dataset",
 ]

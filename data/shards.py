@@ -121,6 +121,16 @@ class _Job:
 _WATCHED: set[int] = set()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _die_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
     """In a litdata worker process: exit as soon as the prepare process that started it is gone (killed with -9,
     it cannot stop its workers itself; they would run on as orphans). A daemon thread polls the parent pid."""
@@ -129,7 +139,8 @@ def _die_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
     _WATCHED.add(parent_pid)
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        # the prepare process need not be the direct parent (forkserver workers are the server's children)
+        while _alive(parent_pid):
             time.sleep(interval_s)
         log.error("prepare process %d is gone: worker %d exits", parent_pid, os.getpid())
         os._exit(1)
@@ -198,22 +209,174 @@ def skip_message(entry: dict) -> str:
     return entry["reason"] if entry["reason"].startswith(entry["path"]) else f"{entry['path']}: {entry['reason']}"
 
 
-def _write_in_process(jobs: list[_Job], shards: Path, progress: bool) -> None:
-    """One process: litdata's own chunk writer, without starting a worker (and a second torch)."""
-    from litdata.streaming.writer import BinaryWriter
+class _Sink:
+    """litdata's own chunk writer in this process, plus a sha256 per recording over its windows in order
+    (``t0_s`` and the float16 signal bytes), so two runs can be compared window for window."""
+
+    def __init__(self, shards: Path) -> None:
+        from litdata.streaming.writer import BinaryWriter  # heavy (torch): only in the writing process
+
+        shards.mkdir()
+        self.writer, self.index, self.hashes = BinaryWriter(str(shards), chunk_bytes=CHUNK_BYTES), 0, {}
+
+    def put(self, item: dict) -> None:
+        h = self.hashes.get(item["recording"])
+        if h is None:
+            h = self.hashes[item["recording"]] = hashlib.sha256()
+        h.update(np.float64(item["t0_s"]).tobytes())
+        h.update(np.ascontiguousarray(item["signal"]).tobytes())
+        self.writer[self.index] = item
+        self.index += 1
+
+    def close(self) -> dict[str, str]:
+        if self.index:  # merge() would wait forever for an index that an empty writer never writes
+            self.writer.done()
+            self.writer.merge()
+        return {k: h.hexdigest() for k, h in self.hashes.items()}
+
+
+def _write_in_process(jobs: list[_Job], sink: _Sink, progress: bool) -> dict:
+    """One process: no worker to start (and no second torch)."""
     from tqdm import tqdm
 
-    shards.mkdir()
-    writer, index = BinaryWriter(str(shards), chunk_bytes=CHUNK_BYTES), 0
     bar = tqdm(jobs, desc="prepare", unit="recording", disable=not progress)
     for job in bar:
         bar.set_postfix_str(Path(job.source.path).name)
         for item in _recording_items(job):
-            writer[index] = item
-            index += 1
-    if index:  # merge() would wait forever for an index that an empty writer never writes
-        writer.done()
-        writer.merge()
+            sink.put(item)
+    return {"workers": 1}
+
+
+# --- worker pool ----------------------------------------------------------------------------------
+# Workers start once (forked from one forkserver that has imported only this package's numpy/scipy/MNE
+# code, never torch or litdata), then take recordings from a queue until it is empty. Windows come back to the
+# parent in batches through a bounded queue and the parent alone writes the shards, so a long recording
+# never sits whole in memory and the workers need no chunk writer.
+_BATCH_ITEMS = 32
+_RESULT_QUEUE = 16  # batches in flight: bounds the parent's memory whatever the recording length
+
+
+def _worker_main(wid: int, tasks, results, started: float) -> None:
+    import multiprocessing as mp
+    import queue
+
+    import sys
+
+    results.put(("ready", wid, (time.time() - started, "torch" in sys.modules)))
+    parent = mp.parent_process()
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
+        if task is None:
+            results.put(("exit", wid, None))
+            return
+        idx, job = task
+        batch: list[dict] = []
+        try:
+            for item in _recording_items(job):
+                batch.append(item)
+                if len(batch) >= _BATCH_ITEMS:
+                    results.put(("items", idx, batch))
+                    batch = []
+            results.put(("items", idx, batch))
+            results.put(("done", idx, wid))
+        except Exception as e:  # only with --strict: _recording_items skips bad inputs otherwise
+            msg = str(e) if isinstance(e, BrainforgeDataError) else f"{type(e).__name__}: {e}"
+            results.put(("error", idx, msg))
+
+
+def _context():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["data.shards"])
+    return ctx
+
+
+def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) -> dict:
+    """``n`` long-lived worker processes over all ``jobs``; the parent writes. Returns run statistics."""
+    import queue
+
+    from tqdm import tqdm
+
+    ctx = _context()
+    tasks, results = ctx.Queue(), ctx.Queue(maxsize=_RESULT_QUEUE)
+    t0 = time.time()
+    procs = [ctx.Process(target=_worker_main, args=(w, tasks, results, t0), daemon=True, name=f"prepare-{w}")
+             for w in range(n)]
+    for p in procs:
+        p.start()
+    # biggest inputs first: with a shared queue this keeps the workers busy until the end
+    order = sorted(range(len(jobs)), key=lambda i: -_input_bytes(jobs[i].source.path))
+    for i in order:
+        tasks.put((i, jobs[i]))
+    for _ in procs:
+        tasks.put(None)
+    sink = sink_factory()  # imports litdata (torch) while the workers start
+    startup: dict[int, float] = {}
+    torch_in: dict[int, bool] = {}
+    exited: set[int] = set()
+    bar = tqdm(total=len(jobs), desc=f"prepare ({n} workers)", unit="recording", disable=not progress)
+    try:
+        while len(exited) < n:
+            try:
+                kind, a, b = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w for w, p in enumerate(procs) if w not in exited and not p.is_alive()]
+                if dead:  # a crash (segfault, OOM kill): its recordings end up reported as not prepared
+                    log.warning("worker(s) %s died; their current recordings are skipped", dead)
+                    exited.update(dead)
+                continue
+            if kind == "items":
+                for item in b:
+                    sink.put(item)
+            elif kind == "done":
+                bar.update(1)
+            elif kind == "ready":
+                startup[a] = round(b[0], 3)
+                torch_in[a] = b[1]
+            elif kind == "exit":
+                exited.add(a)
+            elif kind == "error":
+                raise BrainforgeDataError(b)
+    finally:
+        bar.close()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    return {"workers": n, "worker_startup_s": [startup.get(w) for w in range(n)],
+            "worker_imported_torch": [torch_in.get(w) for w in range(n)], "sink": sink}
+
+
+def _input_bytes(path: str | Path) -> int:
+    p = Path(path)
+    try:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    except OSError:
+        return 0
+
+
+def select_for_node(sources: list[RecordingSource], num_nodes: int, node_rank: int) -> list[RecordingSource]:
+    """This node's share of ``sources``: every node computes the same split from the same inputs.
+
+    Recordings are ordered by size (largest first, then by id) and dealt out in a snake order (0,1,..,n-1,n-1,..,0),
+    so the nodes get similar amounts of data.
+    """
+    if not 0 <= node_rank < num_nodes:
+        raise BrainforgeDataError(f"node rank {node_rank} is outside 0..{num_nodes - 1}")
+    order = sorted(sources, key=lambda s: (-_input_bytes(s.path), s.recording_id))
+    mine = []
+    for i, s in enumerate(order):
+        lap, k = divmod(i, num_nodes)
+        if (k if lap % 2 == 0 else num_nodes - 1 - k) == node_rank:
+            mine.append(s)
+    return sorted(mine, key=lambda s: s.recording_id)
 
 
 def prepare(
@@ -226,35 +389,47 @@ def prepare(
     chunk_s: float | None = None,
     progress: bool = True,
     allow_truncated: bool = False,
+    num_nodes: int = 1,
+    node_rank: int = 0,
 ) -> dict:
     """Prepare window shards from recordings, folders or BIDS roots. Returns the manifest dict.
+
+    ``workers`` > 1 starts that many worker processes once; each takes recordings from a shared queue until
+    none is left. ``num_nodes`` > 1 prepares only this ``node_rank``'s share of the inputs (`select_for_node`)
+    into ``out``, a complete shard directory of its own; `merge` joins the nodes' directories into one dataset.
 
     Raises `OutputExistsError` when ``out`` exists and ``overwrite`` is False, and
     `BrainforgeDataError` when nothing could be prepared (or on the first bad input if ``strict``).
     Truncated recordings (less data than their header declares) are skipped, or with ``allow_truncated`` kept
     with a ``truncated`` note in their manifest entry.
     """
-    import litdata  # heavy (torch): only when shards are written
-
+    t_start = time.perf_counter()
     spec = spec or PreprocessingSpec()
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     sources, skipped = discover([Path(p) for p in inputs])
+    if num_nodes > 1:
+        sources = select_for_node(sources, num_nodes, node_rank)
+        skipped = skipped if node_rank == 0 else []  # inputs refused before any work: reported once, by rank 0
     if strict and skipped:
         raise BrainforgeDataError(f"{skipped[0][0]}: {skipped[0][1]}")
     with atomic_directory(out, overwrite) as tmp:
         shards, reports = tmp / "shards", tmp / "reports"
         reports.mkdir()
         jobs = [_Job(s, spec, str(reports), strict, chunk_s, allow_truncated, os.getpid()) for s in sources]
-        if len(jobs) > 1 and workers > 1:
-            litdata.optimize(
-                fn=_recording_items, inputs=jobs, output_dir=str(shards), chunk_bytes=CHUNK_BYTES,
-                num_workers=min(workers, len(jobs)), reorder_files=False, verbose=progress,
-            )
-        elif jobs:
-            _write_in_process(jobs, shards, progress)
+        n_workers = min(workers, len(jobs))
+        if n_workers > 1:
+            run = _write_with_workers(jobs, lambda: _Sink(shards), n_workers, progress)
+            sink = run.pop("sink")
+        else:
+            sink = _Sink(shards)
+            run = _write_in_process(jobs, sink, progress)
+        hashes = sink.close()
         recs = sorted((json.loads(p.read_text()) for p in reports.glob("*.json")), key=lambda r: r["recording"])
+        for r in recs:
+            if r["status"] == "ok":
+                r["windows_sha256"] = hashes.get(r["recording"], "")
         ok = [r for r in recs if r["status"] == "ok"]
         reported = {r["path"] for r in recs}
         skipped_all = (
@@ -267,11 +442,16 @@ def prepare(
             raise BrainforgeDataError(skip_message(skipped_all[0]))
         for s in skipped_all:
             log.warning("skipped %s", skip_message(s))
-        if not ok:
+        if not ok and num_nodes == 1:
             raise BrainforgeDataError(
                 "nothing could be prepared: " + ("; ".join(map(skip_message, skipped_all)) or "no recordings found")
             )
+        shards.mkdir(exist_ok=True)
         manifest = _manifest(spec, ok, skipped_all, shards)
+        run["wall_s"] = round(time.perf_counter() - t_start, 3)
+        manifest["run"] = run
+        if num_nodes > 1:
+            manifest["node"] = {"rank": node_rank, "num_nodes": num_nodes, "inputs": sorted(str(s.path) for s in sources)}
         for f in shards.iterdir():
             os.replace(f, tmp / f.name)
         shutil.rmtree(shards)
@@ -280,8 +460,73 @@ def prepare(
     return manifest
 
 
+def merge(parts: list[str | Path], out: str | Path, overwrite: bool = False) -> dict:
+    """Join the shard directories of a multi-node prepare (one per ``--node-rank``) into one dataset at ``out``.
+
+    Checks that the parts share one schema and one PreprocessingSpec, that they are the ranks 0..n-1 of one
+    ``num_nodes`` (when they say so), and that no recording appears twice. Chunk files are hard-linked
+    (copied across file systems) under new names; ``index.json`` lists them all; ``manifest.json`` holds every
+    part's recordings and skipped inputs and fresh shard hashes. Written atomically, like `prepare`.
+    """
+    parts = [Path(p).resolve() for p in parts]
+    if not parts:
+        raise BrainforgeDataError("merge: no input directories")
+    mans = [read_manifest(p) for p in parts]
+    for p, m in zip(parts, mans, strict=True):
+        if m["schema_version"] != mans[0]["schema_version"] or m["preprocessing"] != mans[0]["preprocessing"]:
+            raise BrainforgeDataError(f"{p}: its schema or preprocessing differs from {parts[0]}'s; it cannot be merged")
+    nodes = [m.get("node") for m in mans]
+    if any(nodes):
+        n = {x["num_nodes"] for x in nodes if x}
+        ranks = sorted(x["rank"] for x in nodes if x)
+        if None in nodes or len(n) != 1 or ranks != list(range(n.pop())):
+            raise BrainforgeDataError(f"merge: the parts are node ranks {ranks} of num_nodes {sorted({x['num_nodes'] for x in nodes if x})};"
+                                      " every rank 0..num_nodes-1 is needed exactly once")
+    seen: dict[str, Path] = {}
+    for p, m in zip(parts, mans, strict=True):
+        for r in m["recordings"]:
+            if r["recording"] in seen:
+                raise BrainforgeDataError(f"recording {r['recording']} is in both {seen[r['recording']]} and {p}")
+            seen[r["recording"]] = p
+    if not seen:
+        raise BrainforgeDataError("merge: nothing was prepared in any part: "
+                                  + "; ".join(skip_message(s) for m in mans for s in m["skipped"]))
+    out = Path(out).resolve()
+    with atomic_directory(out, overwrite) as tmp:
+        shards = tmp / "shards"
+        shards.mkdir()
+        config, chunks = None, []
+        for k, p in enumerate(parts):
+            index_file = p / "index.json"
+            if not index_file.is_file():
+                continue  # a node with no usable recording
+            index = json.loads(index_file.read_text())
+            if config is not None and {x: index["config"].get(x) for x in ("data_format", "compression")} != \
+                    {x: config.get(x) for x in ("data_format", "compression")}:
+                raise BrainforgeDataError(f"{p}: its chunk format differs from the other parts'")
+            config = config or index["config"]
+            for c in index["chunks"]:
+                name = f"chunk-{k}-{len(chunks)}.bin"
+                try:
+                    os.link(p / c["filename"], shards / name)
+                except OSError:
+                    shutil.copyfile(p / c["filename"], shards / name)
+                chunks.append({**c, "filename": name})
+        write_json_atomic(shards / "index.json", {"chunks": chunks, "config": config, "updated_at": str(time.time())})
+        ok = sorted((r for m in mans for r in m["recordings"]), key=lambda r: r["recording"])
+        skipped = [s for m in mans for s in m["skipped"]]
+        manifest = _manifest(PreprocessingSpec.from_dict(mans[0]["preprocessing"]), ok, skipped, shards)
+        manifest["merged_from"] = [{"path": p.name, "node": m.get("node", {}).get("rank"), "n_windows": m["n_windows"],
+                                    "run": m.get("run")} for p, m in zip(parts, mans, strict=True)]
+        for f in shards.iterdir():
+            os.replace(f, tmp / f.name)
+        shutil.rmtree(shards)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
 def _manifest(spec: PreprocessingSpec, ok: list[dict], skipped: list[dict], shards: Path) -> dict:
-    files = sorted(p for p in shards.iterdir() if p.is_file())
+    files = sorted(p for p in shards.iterdir() if p.is_file()) if shards.is_dir() else []
     totals: dict[str, int] = {}
     for r in ok:
         for k, v in r["channels"].items():

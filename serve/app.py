@@ -43,7 +43,7 @@ from serve.errors import (
 from serve.inputs import safe_filename, sweep_stale_uploads
 from serve.limits import BodyLimitMiddleware
 from serve.observability import Metrics, ObservabilityMiddleware, request_id_var
-from serve.pipeline import prepare_json, prepare_upload, prepare_v2
+from serve.pipeline import prepare_json, prepare_raw_body, prepare_upload, prepare_v2
 from serve.registry import LoadedModel, ModelRegistry
 from serve.schemas import (
     ErrorBody,
@@ -194,6 +194,10 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = contextvars.copy_context()  # the request id follows the work into the thread's log lines
         return await asyncio.get_running_loop().run_in_executor(prep_pool, ctx.run, fn, *args)
 
+    def observe_prep(model: LoadedModel, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            metrics.stage.labels(model.name, model.version, stage).observe(seconds)
+
     async def get_model(request: Request, name: str, version: str | None) -> LoadedModel:
         model = await registry.get(name, version)
         request.state.model = name
@@ -224,7 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v2", tags=["v2"], dependencies=auth, response_model=ServerMetadata, responses={401: errors[401]})
     async def server_metadata() -> dict:
-        return {"name": "brainforge", "version": __version__, "extensions": []}
+        return {"name": "brainforge", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     # --- v2 model routes (with and without /versions/{version}) --------------------------------------
     async def model_metadata(request: Request, name: str, version: str | None) -> dict:
@@ -253,13 +257,25 @@ def create_app(settings: Settings) -> FastAPI:
     async def infer(request: Request, name: str, version: str | None) -> JSONResponse:
         model = await get_model(request, name, version)  # 404 before reading
         check_length(request.headers, settings.max_json_bytes, "JSON body")  # 413 before reading
+        ctype = request.headers.get("content-type", "").lower()
+        header_length = request.headers.get("inference-header-content-length")
+        timings: dict[str, float] = {}
         async with model.batcher.admit():  # 429 before reading
             with hold(memory) as mem:
                 body = await read_body(request, settings.max_json_bytes, mem, JSON_MEMORY_FACTOR, "JSON body")
-                windows, req = await run_prep(prepare_v2, model.predictor, settings, body)
+                if ctype.startswith("application/octet-stream") and header_length is None:
+                    windows, req = await run_prep(prepare_raw_body, model.predictor, settings, body,
+                                                  dict(request.query_params), timings)
+                else:
+                    try:
+                        hl = None if header_length is None else int(header_length)
+                    except ValueError as e:
+                        raise BadInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from e
+                    windows, req = await run_prep(prepare_v2, model.predictor, settings, body, hl, timings)
                 del body
                 request_id = req.id
                 req.inputs.clear()  # the parsed lists are garbage now; the budget is released with them
+            observe_prep(model, timings)
             probs = await model.batcher.submit(windows.items)
         labels = [str(x) for x in model.package.labels]
         probs = np.asarray(probs, dtype=np.float32)
@@ -301,8 +317,13 @@ def create_app(settings: Settings) -> FastAPI:
     add_model_routes("/ready", model_ready, "GET", keyed=False, responses={c: errors[c] for c in (404, 409)})
     add_model_routes("/infer", infer, "POST", response_model=InferResponse,
                      responses={**errors, 200: {"model": InferResponse}},
-                     openapi_extra={"requestBody": {"required": True, "content": {
-                         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}})
+                     openapi_extra={"requestBody": {"required": True, "description": (
+                         "JSON (InferRequest); or the binary tensor extension: the JSON header, then the tensors with "
+                         "parameters.binary_data_size, with header Inference-Header-Content-Length; or "
+                         "application/octet-stream: float32 little-endian [C, T] with query parameters sfreq, "
+                         "channel_names (comma-separated), optional channel_types, shape, id"), "content": {
+                         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 
     # --- /v1 conveniences --------------------------------------------------------------------------
     async def read_input(request: Request, model_field: bool, mem: Hold, space: Hold) -> tuple[Any, Any, str | None, str | None]:
@@ -332,14 +353,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def prepared(request: Request, model: LoadedModel, upload: Any, body: Any, space: Hold) -> tuple[Any, str]:
         """(RawWindows, recording name) on the preprocessing threads; closes the upload."""
+        timings: dict[str, float] = {}
         if upload is not None:
             try:
                 windows = await run_prep(prepare_upload, model.predictor, settings, upload.filename, upload.file,
-                                         space)
+                                         space, timings)
+                observe_prep(model, timings)
                 return windows, safe_filename(upload.filename)
             finally:
                 await upload.close()
-        windows, rec = await run_prep(prepare_json, model.predictor, settings, body)
+        windows, rec = await run_prep(prepare_json, model.predictor, settings, body, timings)
+        observe_prep(model, timings)
         return windows, rec.name
 
     def _json_model_field(body: Any) -> tuple[str | None, str | None]:

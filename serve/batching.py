@@ -5,10 +5,17 @@
         items = ...preprocess...           # off the event loop
         probs = await batcher.submit(items)   # [len(items), K]
 
-The collector takes the oldest waiting request, waits up to ``max_delay_s`` from its arrival for others, and
-runs as many whole requests as fit in ``max_batch`` windows in one call (a request bigger than ``max_batch``
-runs alone; with ``max_batch=1`` every request runs alone). While a forward pass runs, new requests queue up and
-form the next batch. ``close()`` lets everything admitted finish, then stops the thread.
+Batches are made of windows, not requests: a forward pass takes up to ``max_batch`` windows from the waiting
+requests in arrival order, splitting a request over two passes where it does not fit (its answer is put together
+when its last window is done). With ``max_batch=1`` batching is off: every request runs whole, alone.
+
+When to run (deadline-aware): as soon as ``max_batch`` windows wait, or when no other admitted request is still
+being parsed and preprocessed (nothing more is coming, so waiting would only add latency), or when the oldest
+waiting request has waited ``max_delay_s``, whichever comes first. While a forward pass runs, new requests
+queue up and form the next batch. ``close()`` lets everything admitted finish, then stops the thread.
+
+Per request, ``queue_wait`` (time from submit to answer not spent in its own forward passes) and ``forward``
+(those passes) go to the ``brainforge_stage_seconds`` histogram.
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ from serve.observability import Metrics
 log = logging.getLogger("brainforge.serve.batching")
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     items: list[dict]
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    taken: int = 0  # windows handed to forward passes so far
+    done: int = 0  # windows whose probabilities are back
+    parts: list = field(default_factory=list)  # (start, probs) per pass
+    forward_s: float = 0.0
 
 
 class DynamicBatcher:
@@ -57,6 +68,7 @@ class DynamicBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._admitted = 0
+        self._submitted = 0  # submitted and not yet answered; admitted - submitted are still in preprocessing
         self._idle: asyncio.Event | None = None
         self._closed = False
         self._batch_s = 0.05  # running mean of one forward pass, for Retry-After
@@ -72,6 +84,8 @@ class DynamicBatcher:
             self.metrics.queue_depth.labels(*self.labels).set(self._admitted)
         if self._idle is not None:
             (self._idle.set if self._admitted == 0 else self._idle.clear)()
+        if delta < 0 and self._wakeup is not None:  # one fewer request on its way: the collector may not need to wait
+            self._wakeup.set()
 
     @asynccontextmanager
     async def admit(self):
@@ -104,24 +118,50 @@ class DynamicBatcher:
         self._ensure_started()
         job = _Job(items, asyncio.get_running_loop().create_future())
         self._pending.append(job)
+        self._submitted += 1
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self._submitted -= 1
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on this model's inference thread (e.g. tokenization), outside any batch."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _take_batch(self) -> list[_Job]:
-        batch = [self._pending.popleft()]
-        total = len(batch[0].items)
-        while self._pending and total + len(self._pending[0].items) <= self.max_batch:
-            job = self._pending.popleft()
-            batch.append(job)
-            total += len(job.items)
-        return batch
+    def _forward(self, items: list[dict]) -> tuple[np.ndarray, float]:
+        """``fn(items)`` on the inference thread, with the CPU seconds that thread spent in it."""
+        c0 = time.thread_time()
+        out = self.fn(items)
+        return out, time.thread_time() - c0
+
+    def _take_batch(self) -> list[tuple[_Job, int, int]]:
+        """(job, start, stop) slices of at most ``max_batch`` windows in all, oldest first."""
+        out: list[tuple[_Job, int, int]] = []
+        room = self.max_batch
+        while self._pending and (room > 0 or self.max_batch == 1 and not out):
+            job = self._pending[0]
+            if job.future.done():  # the client left: drop what is left of it
+                self._pending.popleft()
+                continue
+            if self.max_batch == 1:  # batching off: one whole request per pass
+                self._pending.popleft()
+                job.taken = len(job.items)
+                return [(job, 0, len(job.items))]
+            n = min(room, len(job.items) - job.taken)
+            out.append((job, job.taken, job.taken + n))
+            job.taken += n
+            room -= n
+            if job.taken == len(job.items):
+                self._pending.popleft()
+        return out
 
     def _waiting_items(self) -> int:
-        return sum(len(j.items) for j in self._pending)
+        return sum(len(j.items) - j.taken for j in self._pending)
+
+    def _more_coming(self) -> bool:
+        """Admitted requests still in parsing or preprocessing (they will submit soon)."""
+        return self._admitted > self._submitted
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,24 +170,27 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._pending[0].arrived + self.max_delay_s
-            while self._waiting_items() < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            while (self._waiting_items() < self.max_batch and self._more_coming()
+                   and (left := deadline - time.monotonic()) > 0):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch = [j for j in self._take_batch() if not j.future.done()]  # drop requests whose client left
+            batch = self._take_batch()
             if not batch:
                 continue
-            items = [it for j in batch for it in j.items]
+            items = [it for job, a, b in batch for it in job.items[a:b]]
             t0 = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.fn, items)
+                probs, cpu_s = await loop.run_in_executor(self.executor, self._forward, items)
             except Exception as e:  # a bug or a bad batch: every request in it gets the error
                 log.exception("forward pass failed", extra={"fields": {"model": self.labels[0], "version": self.labels[1]}})
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(e)
+                for job, _, _ in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                    if job in self._pending:
+                        self._pending.remove(job)
                 continue
             elapsed = time.perf_counter() - t0
             self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
@@ -155,12 +198,21 @@ class DynamicBatcher:
                 self.metrics.batch_size.labels(*self.labels).observe(len(items))
                 self.metrics.batch_requests.labels(*self.labels).observe(len(batch))
                 self.metrics.inference.labels(*self.labels).observe(elapsed)
+                self.metrics.forward_cpu.labels(*self.labels).inc(cpu_s)
             start = 0
-            for j in batch:
-                part = probs[start : start + len(j.items)]
-                start += len(j.items)
-                if not j.future.done():
-                    j.future.set_result(part)
+            now = time.monotonic()
+            for job, a, b in batch:
+                job.parts.append((a, probs[start : start + b - a]))
+                start += b - a
+                job.done += b - a
+                job.forward_s += elapsed  # a job has one slice per pass
+                if job.done == len(job.items) and not job.future.done():
+                    parts = [p for _, p in sorted(job.parts, key=lambda ap: ap[0])]
+                    job.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                    if self.metrics:
+                        stage = self.metrics.stage
+                        stage.labels(*self.labels, "forward").observe(job.forward_s)
+                        stage.labels(*self.labels, "queue_wait").observe(max(0.0, now - job.arrived - job.forward_s))
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Refuse new requests, wait (up to ``timeout_s``) for the admitted ones, stop the thread."""

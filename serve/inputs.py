@@ -11,6 +11,7 @@ unpacking, the bytes written are counted against the same limits (a member canno
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -105,11 +106,14 @@ def mne_input(x: np.ndarray, info: mne.Info) -> mne.io.RawArray | mne.EpochsArra
     if x.shape[-2] != len(info["ch_names"]):
         raise BadInput(f"signal has {x.shape[-2]} channels but {len(info['ch_names'])} channel names were given")
     data = x.astype(np.float64)
+    # verbose="error" makes MNE set and reset its logger's level, and each logging.setLevel clears the cache of every
+    # logger in the process (thousands with torch loaded): skip it when MNE is quiet already
+    verbose = None if mne.utils.logger.level >= logging.ERROR else "error"
     if x.ndim == 2:
-        return mne.io.RawArray(data, info, verbose="error")
+        return mne.io.RawArray(data, info, verbose=verbose)
     n, _, t = x.shape  # epochs laid end to end on one clock: epoch i starts at i * T / sfreq
     events = np.c_[np.arange(n) * t, np.zeros(n, int), np.ones(n, int)].astype(int)
-    return mne.EpochsArray(data, info, events=events, tmin=0.0, verbose="error")
+    return mne.EpochsArray(data, info, events=events, tmin=0.0, verbose=verbose)
 
 
 def decode_tensor(name: str, shape: list[int], datatype: str, data: list[Any]) -> np.ndarray:

@@ -7,6 +7,12 @@ Metrics (``GET /metrics``):
   brainforge_batch_requests{model,version}                          histogram of requests per forward pass
   brainforge_inference_seconds{model,version}                       histogram of forward-pass time
   brainforge_queue_depth{model,version}                             gauge of admitted requests
+  brainforge_forward_cpu_seconds_total{model,version}                counter of CPU time of the inference thread
+                                                                    in forward passes (time.thread_time)
+  brainforge_stage_seconds{model,version,stage}                     histogram of each request's time per stage:
+      parse (body -> arrays), preprocess (-> model windows), queue_wait (windows queued -> their forward pass
+      starts; a request split over several passes: until its last one starts), forward (the forward passes that
+      held its windows, whole, shared with the other requests in them)
 ``route`` is the route template (``/v2/models/{name}/infer``), never the raw path, so fuzzed paths cannot blow
 up the label set; ``model`` is set only once a handler has found the model in the registry.
 """
@@ -27,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STAGES = ("parse", "preprocess", "queue_wait", "forward")
 log = logging.getLogger("brainforge.serve.access")
 
 
@@ -43,6 +51,10 @@ class Metrics:
                                         buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.inference = Histogram("brainforge_inference_seconds", "forward-pass time", ["model", "version"],
                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("brainforge_stage_seconds", "per-request time in each stage (see the module docstring)",
+                               ["model", "version", "stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.forward_cpu = Counter("brainforge_forward_cpu_seconds", "CPU time of the inference thread in forward passes",
+                                   ["model", "version"], registry=r)
         self.queue_depth = Gauge("brainforge_queue_depth", "requests admitted (preprocessing, waiting or running)",
                                  ["model", "version"], registry=r)
 

@@ -38,13 +38,14 @@ class ModelMetadata(BaseModel):
 
 
 class InferInput(BaseModel):
-    """One input tensor; ``data`` row-major, flat or nested."""
+    """One input tensor; ``data`` row-major, flat or nested. With the binary tensor extension ``data`` is left out,
+    ``parameters.binary_data_size`` gives the tensor's byte count, and its bytes follow the JSON header in the body."""
 
     name: str = Field(max_length=64)
     shape: list[int] = Field(max_length=8)
     datatype: str = Field(max_length=16)
     parameters: dict[str, Param] | None = None
-    data: list[Any]
+    data: list[Any] | None = None
 
 
 class RequestedOutput(BaseModel):

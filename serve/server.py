@@ -18,6 +18,11 @@ def make_server(settings: Settings, configure_logging: bool = True) -> uvicorn.S
 
     if configure_logging:
         setup_logging(settings.log_level)
+        import mne
+
+        # the inputs' own problems reach clients through the data stage's warnings, not MNE's log; a quiet MNE
+        # also spares every request the logger-cache resets of verbose="error" (serve.inputs.mne_input)
+        mne.set_log_level("ERROR")
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None, lifespan="on",

@@ -112,7 +112,14 @@ class Settings(BaseSettings):
 
     @property
     def intra_op_threads(self) -> int:
-        """The preprocessing threads and the inference thread share the cores. With torch's default (all cores) on
+        """The preprocessing threads and the inference thread share the cores. The split: half the cores for the forward
+        pass (intra-op threads of the one inference thread), the other half for parsing, preprocessing and HTTP
+        (``preprocess_threads``, default 2, a thread pool in the same process; numpy, scipy and the FFTs release the
+        GIL). bench/serve_load.py measured the two halves of a 64-channel 10 s request at about the same CPU time
+        (binary body: parse ~1 ms + preprocess ~30-40 ms against ~30-50 ms of forward pass at 32 windows per pass), so
+        an even split keeps both busy; giving torch more threads starves preprocessing (and small ops then wait on
+        OpenMP barriers), giving it fewer leaves the forward pass, the part that batching makes cheaper, short of CPU.
+        With torch's default (all cores) on
         2 busy cores, a one-window forward pass took about 1.5 s instead of 26 ms with one thread (measured in-process
         on the test package), and bench/serve_load.py ran 4-10x faster with this default."""
         return self.torch_threads or max(1, (os.cpu_count() or 2) // 2)

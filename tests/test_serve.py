@@ -108,7 +108,7 @@ def test_health_is_open_and_everything_else_needs_a_key(srv, client, registry):
         _error(anon.get("/v2", headers={"Authorization": "Bearer bf_deadbeef_" + "x" * 43}), 401, "invalid")
         _error(anon.get("/v2", headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401)
     meta = client.get("/v2").json()
-    assert meta["name"] == "brainforge" and meta["version"] and meta["extensions"] == []
+    assert meta["name"] == "brainforge" and meta["version"] and meta["extensions"] == ["binary_tensor_data"]
 
 
 # --- v2 model metadata / ready ------------------------------------------------------------------------
@@ -171,6 +171,60 @@ def test_v2_infer_recording_and_epochs(client, registry, predictor):
     assert r3.status_code == 200, r3.text
     outs = {o["name"]: o for o in r3.json()["outputs"]}
     assert set(outs) == {"source_index", "labels"} and sorted(set(outs["source_index"]["data"])) == [0, 1, 2]
+
+
+def _binary_body(x: np.ndarray, names: list[str], sfreq: float, names_binary: bool = True) -> tuple[bytes, int]:
+    """An Open Inference Protocol binary-extension body: JSON header, then the signal (and channel names) bytes."""
+    sig = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    inputs = [{"name": "signal", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": len(sig)}}]
+    params = {"sfreq": sfreq}
+    tail = sig
+    if names_binary:
+        enc = b"".join(len(n.encode()).to_bytes(4, "little") + n.encode() for n in names)
+        inputs.append({"name": "channel_names", "shape": [len(names)], "datatype": "BYTES",
+                       "parameters": {"binary_data_size": len(enc)}})
+        tail += enc
+    else:
+        params["channel_names"] = names
+    header = json.dumps({"id": "bin-1", "inputs": inputs, "parameters": params}).encode()
+    return header + tail, len(header)
+
+
+def test_v2_binary_tensors_and_raw_float32_bodies_match_json(client, registry):
+    """The binary tensor extension and an octet-stream body give the JSON body's answer; stages show in /metrics."""
+    name = registry[1]
+    url = f"/v2/models/{name}/infer"
+    x, names = eeg_signal(8, 6.0)
+    x = x.astype(np.float32)
+    ref = client.post(url, json=v2_body(x, names, 256.0))
+    assert ref.status_code == 200, ref.text
+    probs = {o["name"]: o for o in ref.json()["outputs"]}["probabilities"]["data"]
+    for names_binary in (True, False):
+        body, hl = _binary_body(x, names, 256.0, names_binary)
+        r = client.post(url, content=body, headers={"Inference-Header-Content-Length": str(hl),
+                                                    "Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "bin-1"
+        np.testing.assert_allclose({o["name"]: o for o in r.json()["outputs"]}["probabilities"]["data"], probs, atol=1e-6)
+    r = client.post(url, content=x.astype("<f4").tobytes(), params={"sfreq": "256", "channel_names": ",".join(names), "id": "raw-1"},
+                    headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "raw-1"
+    np.testing.assert_allclose({o["name"]: o for o in r.json()["outputs"]}["probabilities"]["data"], probs, atol=1e-6)
+    # what is wrong with a binary body is said
+    body, hl = _binary_body(x, names, 256.0)
+    _error(client.post(url, content=body[:-3], headers={"Inference-Header-Content-Length": str(hl)}), 400, "binary_data_size")
+    _error(client.post(url, content=body + b"xx", headers={"Inference-Header-Content-Length": str(hl)}), 400, "not claimed")
+    _error(client.post(url, content=body, headers={"Inference-Header-Content-Length": str(len(body) + 1)}), 400,
+           "Inference-Header-Content-Length")
+    _error(client.post(url, content=body[:hl], headers={"Content-Type": "application/json"}), 400, "binary_data_size")
+    _error(client.post(url, content=b"\0" * 30, params={"sfreq": "256", "channel_names": "Cz"},
+                       headers={"Content-Type": "application/octet-stream"}), 400, "multiple of 4")
+    _error(client.post(url, content=b"\0" * 36, params={"channel_names": "Cz,Pz"},
+                       headers={"Content-Type": "application/octet-stream"}), 400, "sfreq")
+    text = client.get("/metrics").text
+    for stage in ("parse", "preprocess", "queue_wait", "forward"):
+        assert f'brainforge_stage_seconds_count{{model="{name}",stage="{stage}",version="1"}}' in text, stage
 
 
 def test_v2_infer_bad_requests_say_what_is_wrong(client, registry):

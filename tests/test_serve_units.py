@@ -197,6 +197,61 @@ def test_batcher_close_finishes_admitted_requests():
     assert [o.shape for o in outs] == [(2, 2)] * 3 and sum(calls) == 6
 
 
+def test_batcher_batches_windows_splitting_requests_and_reports_stages():
+    """Passes are filled to max_batch windows across requests (a request may span two passes); answers are whole."""
+    from serve.observability import Metrics
+
+    calls: list[int] = []
+    metrics = Metrics()
+
+    async def main():
+        b = DynamicBatcher(_double(calls), max_batch=8, max_delay_s=0.5, max_queue=100, labels=("m", "1"), metrics=metrics)
+
+        async def one(i):
+            async with b.admit():
+                return await b.submit(_items(100 * i, 5))
+
+        outs = await asyncio.gather(*(one(i) for i in range(4)))
+        await b.close()
+        return outs
+
+    outs = asyncio.run(main())
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out[:, 0], np.arange(100 * i, 100 * i + 5))
+    assert calls == [8, 8, 4]  # 20 windows in full passes of 8, not 4 passes of one request each
+    count = metrics.registry.get_sample_value
+    assert count("brainforge_stage_seconds_count", {"model": "m", "version": "1", "stage": "forward"}) == 4
+    assert count("brainforge_stage_seconds_count", {"model": "m", "version": "1", "stage": "queue_wait"}) == 4
+
+
+def test_batcher_does_not_wait_when_nothing_else_is_coming():
+    """A lone request runs at once (no other admitted request is still preprocessing), whatever max_delay_s is."""
+    calls: list[int] = []
+
+    async def main():
+        b = DynamicBatcher(_double(calls), max_batch=32, max_delay_s=5.0, max_queue=10)
+        t0 = time.monotonic()
+        async with b.admit():
+            await b.submit(_items(0, 2))
+        lone = time.monotonic() - t0
+
+        async def slow(i, delay):  # the second request is still preprocessing when the first submits
+            async with b.admit():
+                await asyncio.sleep(delay)
+                return await b.submit(_items(i, 2))
+
+        t0 = time.monotonic()
+        await asyncio.gather(slow(0, 0.0), slow(10, 0.2))
+        pair = time.monotonic() - t0
+        await b.close()
+        return lone, pair
+
+    lone, pair = asyncio.run(main())
+    assert lone < 1.0  # not max_delay_s = 5 s
+    assert calls[0] == 2 and calls[1:] == [4]  # the pair waited for each other: one pass
+    assert pair < 2.0
+
+
 # --- docker (static) ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfiles_run_as_non_root_with_healthcheck(name):
