@@ -386,9 +386,14 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     """A `FoundationClassifier` with the pretrained tokenizer and backbone weights (head random). Returns it and
     the provenance (package paths and hashes)."""
     from data.atomic import content_hash
+    from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
     from tokenizer.package import load_package
 
+    if package_family(backbone) == FAMILY:  # an imported BrainOmni package: its own model family
+        from finetune.brainomni import load_brainomni_classifier
+
+        return load_brainomni_classifier(backbone, tokenizer, head)
     bb = load_backbone(backbone)
     tok_path = Path(tokenizer) if tokenizer else Path((bb.tokenizer or {}).get("path") or "")
     if not tokenizer and not (bb.tokenizer or {}).get("path"):

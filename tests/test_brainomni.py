@@ -1,0 +1,161 @@
+"""BrainOmni in brainforge: equivalence with the reference code, the importer's errors, fine-tune -> export -> serve.
+
+The reference outputs (tests/data/brainomni/expected.npz) were computed once by BrainOmni's own code
+(tests/scripts/brainomni_fixture.py) at BrainOmni_tiny's released configuration, with the seeded random weights
+of `brainomni_support.random_released_state` and their real 64-channel example input; their code is not needed here.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from brainomni_support import SMALL_CFG, TINY_CFG, random_released_state, write_released
+from finetune_support import DEMO_TASK, fit_args
+from serve_support import FIXTURES, ServerThread, eeg_signal, v2_body
+
+from pretrain.brainomni.convert import BrainOmniCheckpointError, import_checkpoint, load_brainomni_package
+
+DATA = Path(__file__).resolve().parent / "data" / "brainomni"
+
+
+def test_converted_tiny_matches_reference_code(tmp_path):
+    write_released(tmp_path / "BrainOmni_tiny", TINY_CFG, seed=0)
+    from pretrain.__main__ import main
+
+    assert main(["import", "brainomni", str(tmp_path / "BrainOmni_tiny"), "--out", str(tmp_path / "pkg")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["config.json", "model.safetensors", "preprocessing.json", "tokenizer"]
+    spec = json.loads((tmp_path / "pkg" / "preprocessing.json").read_text())
+    assert spec["sfreq"] == 256.0 and spec["l_freq"] == 0.1 and spec["h_freq_max"] == 96.0 and spec["extra"]["overlap_ratio"] == 0.25
+    tok, bb, _ = load_brainomni_package(tmp_path / "pkg")
+    inp, ref = np.load(DATA / "example_input.npz"), np.load(DATA / "expected.npz")
+    x, pos, st = (torch.from_numpy(inp[k])[None] for k in ("x", "pos", "sensor_type"))
+    with torch.no_grad():
+        feats, idx = tok.tokenize(x, pos, st, 0.0)
+        omni = bb.encode(tok.tokenize(x, pos, st, bb.config.overlap_ratio)[0], tok.latents)
+        recon = tok.reconstruct(x, pos, st)
+    assert idx.shape == (1, 16, 16, 4) and omni.shape == (1, 16, 24, 256)
+    np.testing.assert_array_equal(idx.numpy(), ref["tokenizer_indices"])
+    np.testing.assert_allclose(feats.numpy(), ref["tokenizer_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(omni.numpy(), ref["backbone_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(recon.numpy(), ref["reconstruction"], atol=1e-4, rtol=0)
+
+
+def test_tokenizer_folder_imports_alone(tmp_path):
+    write_released(tmp_path / "BrainTokenizer", SMALL_CFG, seed=1, kind="BrainTokenizer")
+    write_released(tmp_path / "BrainOmni", SMALL_CFG, seed=1)
+    tok_only, bb, meta = load_brainomni_package(import_checkpoint(tmp_path / "BrainTokenizer", tmp_path / "tok_pkg"))
+    assert bb is None and meta["tokenizer"]["model"] == "BrainOmniTokenizer"
+    tok, _, _ = load_brainomni_package(import_checkpoint(tmp_path / "BrainOmni", tmp_path / "pkg"))
+    x, pos, st = torch.randn(2, 5, 700), torch.randn(2, 5, 6), torch.tensor([[0, 0, 1, 2, 2]] * 2)
+    with torch.no_grad():
+        a, b = tok_only.tokenize(x, pos, st)[1], tok.tokenize(x, pos, st)[1]
+    assert a.shape == (2, 4, 8, 2) and torch.equal(a, b)
+
+
+def test_padded_channels_do_not_change_tokens(tmp_path):
+    write_released(tmp_path / "rel", SMALL_CFG, seed=2)
+    tok, _, _ = load_brainomni_package(import_checkpoint(tmp_path / "rel", tmp_path / "pkg"))
+    x, pos, st = torch.randn(1, 5, 512), torch.randn(1, 5, 6), torch.zeros(1, 5, dtype=torch.long)
+    pad = lambda t: torch.cat([t, torch.zeros_like(t[:, :2])], 1)  # noqa: E731
+    mask = torch.tensor([[True] * 5 + [False] * 2])
+    with torch.no_grad():
+        f1, i1 = tok.tokenize(x, pos, st)
+        f2, i2 = tok.tokenize(pad(x), pad(pos), pad(st), channel_mask=mask)
+    assert torch.equal(i1, i2) and torch.allclose(f1, f2, atol=1e-6)
+
+
+# --- bad checkpoints: errors name the file and the key ---------------------------------------------------
+class Evil:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.mark.parametrize("case", ["no_config", "config_key", "unexpected", "missing", "pickled", "shape", "not_dict", "no_weights"])
+def test_bad_checkpoints_name_file_and_key(tmp_path, case):
+    folder = write_released(tmp_path / "rel", SMALL_CFG, seed=3)
+    pt = folder / "BrainOmni.pt"
+    state = torch.load(pt, weights_only=True)
+    words: list[str] = []
+    if case == "no_config":
+        (folder / "model_cfg.json").unlink()
+        words = ["model_cfg.json", "missing"]
+    elif case == "config_key":
+        cfg = dict(SMALL_CFG)
+        del cfg["n_neuro"]
+        (folder / "model_cfg.json").write_text(json.dumps(cfg))
+        words = ["model_cfg.json", "'n_neuro'"]
+    elif case == "unexpected":
+        torch.save({**state, "blocks.0.extra.weight": torch.zeros(2)}, pt)
+        words = ["BrainOmni.pt", "unexpected key 'blocks.0.extra.weight'"]
+    elif case == "missing":
+        del state["blocks.1.ff.layer.2.bias"]
+        torch.save(state, pt)
+        words = ["BrainOmni.pt", "missing key 'blocks.1.ff.layer.2.bias'"]
+    elif case == "pickled":
+        with open(pt, "wb") as f:
+            pickle.dump({"predict_head.weight": Evil()}, f)
+        words = ["BrainOmni.pt", "weights_only"]
+    elif case == "shape":
+        state["tokenizer.encoder.k_proj.weight"] = torch.zeros(8, 8)
+        torch.save(state, pt)
+        words = ["BrainOmni.pt", "'tokenizer.encoder.k_proj.weight'", "(8, 8)", "(32, 32)"]
+    elif case == "not_dict":
+        torch.save({**state, "predict_head.bias": [1, 2]}, pt)
+        words = ["BrainOmni.pt", "'predict_head.bias'", "list"]
+    elif case == "no_weights":
+        pt.unlink()
+        words = ["BrainOmni.pt", "missing"]
+    with pytest.raises(BrainOmniCheckpointError) as e:
+        import_checkpoint(folder, tmp_path / "out")
+    for w in words:
+        assert w in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists()
+    from pretrain.__main__ import main
+
+    assert main(["import", "brainomni", str(folder), "--out", str(tmp_path / "out2")]) == 1
+
+
+# --- fine-tune, export, serve -------------------------------------------------------------------------------
+def test_imported_package_fits_exports_and_serves(tmp_path):
+    from finetune.__main__ import main as finetune
+    from pretrain.__main__ import main as pretrain
+    from serve.auth import add_key
+    from serve.settings import Settings
+
+    write_released(tmp_path / "BrainOmni_small", SMALL_CFG, seed=4)
+    pkg = tmp_path / "pkg"
+    assert pretrain(["import", "brainomni", str(tmp_path / "BrainOmni_small"), "--out", str(pkg)]) == 0
+    run = tmp_path / "run"
+    assert finetune(fit_args(DEMO_TASK, pkg, run, "full", "--trainer.max_epochs", "1")) == 0
+    facts = json.loads((run / "test_metrics.json").read_text())["facts"]
+    assert facts["arch"] == "brainomni"
+    registry = tmp_path / "registry"
+    assert finetune(["export", str(run), "--registry", str(registry), "--name", "omni"]) == 0
+    config = json.loads((registry / "omni" / "1" / "config.json").read_text())
+    assert config["model"]["kind"] == "brainomni" and config["source"]["family"] == "brainomni"
+
+    keys, key = tmp_path / "keys.json", None
+    key, _ = add_key(keys, "tests")
+    settings = Settings(registry=registry, api_keys=keys, max_delay_ms=5, upload_dir=tmp_path / "up")
+    with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"},
+                                                      timeout=120) as client:
+        x, names = eeg_signal(8, 4.0)
+        r = client.post("/v2/models/omni/infer", json=v2_body(x, names, 256.0))
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        probs = np.asarray(out["probabilities"]["data"]).reshape(out["probabilities"]["shape"])
+        assert probs.shape[1] == 2 and np.allclose(probs.sum(1), 1, atol=1e-5)
+        with open(FIXTURES / "test.edf", "rb") as f:
+            r = client.post("/v1/models/omni/predict", files={"file": ("test.edf", f, "application/octet-stream")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["summary"]["n_windows"] >= 1 and set(body["summary"]["probabilities"]) == set(body["labels"])
+        with open(FIXTURES / "test.edf", "rb") as f:
+            t = client.post("/v1/tokenize", params={"model": "omni"}, files={"file": ("test.edf", f)})
+        assert t.status_code == 200, t.text
