@@ -140,8 +140,9 @@ def test_imported_package_fits_exports_and_serves(tmp_path):
     config = json.loads((registry / "omni" / "1" / "config.json").read_text())
     assert config["model"]["kind"] == "brainomni" and config["source"]["family"] == "brainomni"
 
-    keys, key = tmp_path / "keys.json", None
+    keys = tmp_path / "keys.json"
     key, _ = add_key(keys, "tests")
+    (tmp_path / "up").mkdir()
     settings = Settings(registry=registry, api_keys=keys, max_delay_ms=5, upload_dir=tmp_path / "up")
     with ServerThread(settings) as srv, httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"},
                                                       timeout=120) as client:
