@@ -160,3 +160,67 @@ def test_imported_package_fits_exports_and_serves(tmp_path):
         with open(FIXTURES / "test.edf", "rb") as f:
             t = client.post("/v1/tokenize", params={"model": "omni"}, files={"file": ("test.edf", f)})
         assert t.status_code == 200, t.text
+
+
+# --- braindecode's pretrained models as baselines --------------------------------------------------------
+def _epochs_task(out: Path) -> Path:
+    """24 real 0.5 s epochs of the MNE sample recording's EEG (labels a/b alternate), split given."""
+    import mne
+    import pandas as pd
+
+    raw = mne.io.read_raw_fif(FIXTURES / "sample_audvis_5s_raw.fif", verbose="error").load_data().pick("eeg")
+    sf = raw.info["sfreq"]
+    onsets = np.arange(0.1, 4.4, 0.18)[:24]
+    events = np.c_[np.round(onsets * sf).astype(int) + raw.first_samp, np.zeros(24, int), 1 + np.arange(24) % 2]
+    md = pd.DataFrame({"split": ["train"] * 12 + ["val"] * 6 + ["test"] * 6})
+    ep = mne.Epochs(raw, events, {"a": 1, "b": 2}, tmin=0.0, tmax=0.5 - 1 / sf, baseline=None, preload=True,
+                    metadata=md, verbose="error")
+    ep.save(out / "sample-epo.fif", verbose="error")
+    return out / "sample-epo.fif"
+
+
+def test_braindecode_labram_pretrained_from_local_folder_fits_and_serves(tmp_path):
+    import warnings
+
+    from finetune.__main__ import main as finetune
+    from finetune.baselines import BaselineClassifier
+    from serve.auth import add_key
+    from serve.settings import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from braindecode.models import Labram
+    torch.manual_seed(0)
+    folder = tmp_path / "labram_local"  # what braindecode's save_pretrained writes (a hub repo holds the same)
+    Labram(n_chans=64, n_outputs=5, n_times=128, sfreq=256.0, patch_size=64, embed_dim=32, num_layers=2,
+           num_heads=4).save_pretrained(folder)
+    model = BaselineClassifier("labram", 59, 2, 128, 256.0, pretrained=str(folder))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(folder / "model.safetensors"))
+    assert torch.equal(model.net.state_dict()["blocks.0.attn.qkv.weight"], saved["blocks.0.attn.qkv.weight"])
+    assert model(torch.randn(3, 59, 128)).shape == (3, 2)
+
+    task = _epochs_task(tmp_path)
+    run, registry = tmp_path / "run", tmp_path / "registry"
+    assert finetune(fit_args(task, None, run, "full", "--model.baseline", "labram", "--model.pretrained", str(folder),
+                             "--trainer.max_epochs", "1")) == 0
+    assert finetune(["export", str(run), "--registry", str(registry), "--name", "labram"]) == 0
+    config = json.loads((registry / "labram" / "1" / "config.json").read_text())
+    assert config["model"]["pretrained"] == str(folder) and config["model"]["net_config"]["n_chans"] == 64
+    names = config["channels"]
+
+    keys = tmp_path / "keys.json"
+    key, _ = add_key(keys, "tests")
+    (tmp_path / "up").mkdir()
+    import mne
+
+    ep = mne.read_epochs(task, verbose="error").pick(names)
+    x = ep.get_data()[:3].astype(np.float32)
+    with ServerThread(Settings(registry=registry, api_keys=keys, max_delay_ms=5, upload_dir=tmp_path / "up")) as srv, \
+            httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        r = client.post("/v2/models/labram/infer", json=v2_body(x, names, float(ep.info["sfreq"]),
+                                                                channel_types=["eeg"] * len(names)))
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        assert out["probabilities"]["shape"] == [3, 2]
