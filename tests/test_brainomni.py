@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from brainomni_support import SMALL_CFG, TINY_CFG, random_released_state, write_released
+from brainomni_support import SMALL_CFG, TINY_CFG, write_released
 from finetune_support import DEMO_TASK, fit_args
 from serve_support import FIXTURES, ServerThread, eeg_signal, v2_body
 

@@ -2,6 +2,7 @@
 its tokenizer maths here, its backbone in `pretrain.brainomni`, the checkpoint importer in
 `pretrain.brainomni.convert`."""
 
+from tokenizer.brainomni.inputs import brainomni_normalise, brainomni_positions
 from tokenizer.brainomni.model import (
     BAND_HZ,
     SAMPLE_RATE,
@@ -9,7 +10,6 @@ from tokenizer.brainomni.model import (
     BrainOmniTokenizerConfig,
     unfold_windows,
 )
-from tokenizer.brainomni.inputs import brainomni_normalise, brainomni_positions
 
 __all__ = [
     "BAND_HZ", "SAMPLE_RATE", "BrainOmniTokenizer", "BrainOmniTokenizerConfig", "brainomni_normalise",
