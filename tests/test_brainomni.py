@@ -224,3 +224,33 @@ def test_braindecode_labram_pretrained_from_local_folder_fits_and_serves(tmp_pat
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
         assert out["probabilities"]["shape"] == [3, 2]
+
+
+def test_sensor_layout_to_brainomni_pos_and_normalisation():
+    """Our SensorLayout of a real EEG + MEG recording -> BrainOmni's pos convention and amplitude normalisation,
+    against their preprocessing rules restated in numpy (positions centred and scaled per modality, planar
+    orientation loc[3:6], magnetometer loc[9:12], EEG zeros; per-type cross-channel mean removal and group std)."""
+    import mne
+
+    from data.sensors import layout_from_info
+    from tokenizer.brainomni import brainomni_normalise, brainomni_positions
+
+    raw = mne.io.read_raw_fif(FIXTURES / "sample_audvis_5s_raw.fif", verbose="error").pick(["eeg", "meg"], exclude="bads")
+    layout, _ = layout_from_info(raw.info)
+    types, p, o = layout.types.astype(np.int64), layout.positions.astype(np.float64), layout.orientations.astype(np.float64)
+    want = np.zeros((len(types), 6))
+    for group in (types == 0, types > 0):
+        c = p[group] - p[group].mean(0)
+        want[group, :3] = c / np.sqrt(3 * np.mean(np.sum(c**2, 1)))
+    want[types > 0, 3:] = o[types > 0]
+    got = brainomni_positions(torch.from_numpy(types)[None], torch.from_numpy(p).float()[None], torch.from_numpy(o).float()[None])
+    np.testing.assert_allclose(got[0].numpy(), want, atol=1e-5)
+    assert set(np.unique(types)) == {0, 1, 2} and np.allclose(got[0, types == 0, 3:], 0)
+
+    x = np.random.default_rng(0).standard_normal((len(types), 256)) * np.where(types == 0, 1.0, 3.0)[:, None]
+    want_x = np.zeros_like(x)
+    for t in (0, 1, 2):
+        d = x[types == t] - x[types == t].mean(0, keepdims=True)
+        want_x[types == t] = d / (d.std() + 1e-6)
+    got_x = brainomni_normalise(torch.from_numpy(x).float()[None], torch.from_numpy(types)[None])
+    np.testing.assert_allclose(got_x[0].numpy(), want_x, atol=1e-4)
