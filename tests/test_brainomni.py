@@ -56,6 +56,14 @@ def test_tokenizer_folder_imports_alone(tmp_path):
     with torch.no_grad():
         a, b = tok_only.tokenize(x, pos, st)[1], tok.tokenize(x, pos, st)[1]
     assert a.shape == (2, 4, 8, 2) and torch.equal(a, b)
+    # a BrainOmni.pt without the tokenizer's weights needs the BrainTokenizer folder
+    pt = tmp_path / "BrainOmni" / "BrainOmni.pt"
+    torch.save({k: v for k, v in torch.load(pt, weights_only=True).items() if not k.startswith("tokenizer.")}, pt)
+    with pytest.raises(BrainOmniCheckpointError, match=r"BrainOmni\.pt: missing key 'tokenizer\.encoder\.neuros'"):
+        import_checkpoint(tmp_path / "BrainOmni", tmp_path / "pkg2")
+    tok2, bb2, _ = load_brainomni_package(import_checkpoint(tmp_path / "BrainOmni", tmp_path / "pkg3", tmp_path / "BrainTokenizer"))
+    with torch.no_grad():
+        assert bb2 is not None and torch.equal(tok2.tokenize(x, pos, st)[1], a)
 
 
 def test_padded_channels_do_not_change_tokens(tmp_path):
