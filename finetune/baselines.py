@@ -14,10 +14,13 @@ package (``net_config``), so export and serving rebuild the network without the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger("brainforge.finetune")
 
 BASELINES = ("eegnet", "shallow", "labram", "cbramod")
 #: braindecode class of each short name (other braindecode model class names are accepted too, case-insensitive)
@@ -61,6 +64,19 @@ def pretrained_net(arch: str, source: str, n_outputs: int) -> tuple[nn.Module, d
     config = {k: v for k, v in build_model_config(net).items() if k != "braindecode_version"}
     config["n_outputs"] = n_outputs  # the head was replaced (the tracked init arguments still hold the old count)
     return net, config
+
+
+def adapt_channels(arch: str, net: nn.Module, config: dict[str, Any], n_chans: int) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """A pretrained network for another channel count: the same architecture built for ``n_chans`` channels, with
+    every pretrained tensor whose name and shape still fit copied in. Returns (net, config, the names left at
+    their initial values) (e.g. CBraMod's classifier, whose input is channels x patches)."""
+    config = {**config, "n_chans": n_chans, "chs_info": None}
+    new = net_from_config(arch, config)
+    old = net.state_dict()
+    target = new.state_dict()
+    keep = {k: v for k, v in old.items() if k in target and target[k].shape == v.shape}
+    new.load_state_dict(keep, strict=False)
+    return new, config, sorted(k for k in target if k not in keep)
 
 
 def net_from_config(arch: str, config: dict[str, Any]) -> nn.Module:
@@ -120,6 +136,10 @@ class BaselineClassifier(nn.Module):
             if arch == "labram" and net_chans is not None and int(net_chans) < n_chans:
                 raise ValueError(f"--model.pretrained {pretrained!r}: this LaBraM has position embeddings for {net_chans} "
                                  f"channels, the task has {n_chans}")
+            if arch != "labram" and net_chans is not None and int(net_chans) != n_chans:
+                self.net, self.net_config, fresh = adapt_channels(arch, self.net, self.net_config, n_chans)
+                log.warning("pretrained %s %s: built for %d channels (pretrained on %s); newly initialised: %s",
+                            arch, pretrained, n_chans, net_chans, ", ".join(fresh) or "none")
         elif net_config is not None:  # a package of a pretrained model: its architecture, weights loaded next
             self.net = net_from_config(arch, net_config)
         else:

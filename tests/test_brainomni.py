@@ -262,3 +262,27 @@ def test_sensor_layout_to_brainomni_pos_and_normalisation():
         want_x[types == t] = d / (d.std() + 1e-6)
     got_x = brainomni_normalise(torch.from_numpy(x).float()[None], torch.from_numpy(types)[None])
     np.testing.assert_allclose(got_x[0].numpy(), want_x, atol=1e-4)
+
+
+def test_braindecode_cbramod_pretrained_for_another_channel_count(tmp_path):
+    """A pretrained CBraMod (8 channels, 2 s at 200 Hz) for a 6-channel task: the encoder's weights carry over, only
+    the classifier (channels x patches -> classes) starts anew; the package rebuilds it without the source."""
+    import warnings
+
+    from finetune.baselines import BaselineClassifier
+    from finetune.model import build_classifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from braindecode.models import CBraMod
+    torch.manual_seed(0)
+    src = CBraMod(n_chans=8, n_outputs=4, n_times=400, sfreq=200.0, n_layer=2, dim_feedforward=64)
+    src.save_pretrained(tmp_path / "cbramod")
+    model = BaselineClassifier("cbramod", 6, 2, 256, 256.0, pretrained=str(tmp_path / "cbramod"))
+    differ = [k for k, v in src.state_dict().items() if not torch.equal(v, model.net.state_dict()[k])]
+    assert differ == ["final_layer.1.weight", "final_layer.1.bias"]  # a new head for 2 classes x 6 channels
+    x = torch.randn(2, 6, 256)
+    rebuilt = build_classifier(json.loads(json.dumps(model.config_dict())))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), model.eval()(x)) and model(x).shape == (2, 2)
