@@ -13,7 +13,7 @@ _LAZY = {
     "windows_from_epochs": "preprocessing", "fit_preprocessing": "preprocessing",
     "Splits": "splits", "make_splits": "splits", "write_splits": "splits",
     # models and training
-    "FoundationClassifier": "model", "BaselineClassifier": "baselines", "HeadConfig": "model",
+    "FoundationClassifier": "model", "BaselineClassifier": "baselines", "BrainOmniClassifier": "brainomni", "HeadConfig": "model",
     "build_classifier": "model", "FinetuneModule": "lightning", "FinetuneDataModule": "lightning",
     "classification_metrics": "metrics",
     # packages and prediction

@@ -31,6 +31,11 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any], prep: TaskPreproc
         what = (f"brainforge foundation model: BrainTokenizer encoder ({model['input']}) -> masked-token backbone "
                 f"(d{model['backbone']['d_model']} x {model['backbone']['n_layers']} layers) -> "
                 f"{model['head']['pooling']}-pooling head; fine-tuning mode `{facts.get('mode')}`.")
+    elif model["kind"] == "brainomni":
+        bb = model["backbone"]
+        what = (f"BrainOmni (imported checkpoint, arXiv 2505.18185): frozen BrainTokenizer -> backbone "
+                f"(d{bb['lm_dim']} x {bb['lm_depth']} layers) -> {model['head']['pooling']}-pooling head; "
+                f"fine-tuning mode `{facts.get('mode')}`. Origin and licence: `config.json` `source`.")
     else:
         what = f"braindecode `{model['arch']}` baseline trained from scratch ({model['n_chans']} channels x {model['n_times']} samples)."
     sizes = task.get("split_sizes") or {}
@@ -41,7 +46,7 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any], prep: TaskPreproc
         rows.append((f"baseline {base.get('arch')} (same splits)", base.get("test")))
     chan_text = (f"{len(channels)} channels: {', '.join(channels[:24])}{', ...' if len(channels) > 24 else ''}"
                  if channels else f"mixed channel sets ({len(facts.get('seen_channels') or [])} distinct channel names in training)")
-    foundation = model["kind"] == "foundation"
+    foundation = model["kind"] in ("foundation", "brainomni")
     return f"""# {{name}} v{{version}}
 
 {what}

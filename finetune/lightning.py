@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from data.dataset import WindowCollator
-from finetune.baselines import BASELINES, BaselineClassifier
+from finetune.baselines import BASELINES, BaselineClassifier, is_baseline
 from finetune.errors import LabelError
 from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
@@ -192,8 +192,10 @@ class FinetuneModule(L.LightningModule):
         train_tokenizer: ``full`` + ``latents``: also fine-tune the tokenizer encoder (lowest lr).
         class_weighting: weight the cross-entropy by n / (K * count) of the training split (imbalanced labels).
         label_smoothing: cross-entropy label smoothing.
-        baseline: ``eegnet`` | ``shallow`` | ``labram``: train this braindecode model from scratch instead
-            (backbone ignored); baseline_lr / baseline_kwargs configure it.
+        baseline: ``eegnet`` | ``shallow`` | ``labram`` | ``cbramod`` (or another braindecode model class name):
+            train this braindecode model instead (backbone ignored); baseline_lr / baseline_kwargs configure it.
+        pretrained: with ``baseline``: start from published weights, a Hugging Face hub id or a local folder
+            (braindecode's ``save_pretrained`` layout), read by the model class's ``from_pretrained``.
         cache_features: ``probe`` only: the frozen tokenizer + backbone give the same hidden states for an item
             every epoch, so they are computed once per item (keyed by recording and t0_s) and kept in memory,
             up to feature_cache_mb; the head still trains on them with dropout. Off when items are channel-
@@ -224,6 +226,7 @@ class FinetuneModule(L.LightningModule):
         baseline: str | None = None,
         baseline_lr: float = 1e-3,
         baseline_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
         cache_features: bool = True,
         feature_cache_mb: int = 2048,
     ) -> None:
@@ -231,8 +234,10 @@ class FinetuneModule(L.LightningModule):
         self.save_hyperparameters()
         if mode not in MODES:
             raise ValueError(f"--model.mode {mode!r} must be one of {MODES}")
-        if baseline is not None and baseline not in BASELINES:
-            raise ValueError(f"--model.baseline {baseline!r} must be one of {BASELINES}")
+        if baseline is not None and not is_baseline(baseline):
+            raise ValueError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
+        if pretrained and baseline is None:
+            raise ValueError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
         if baseline is None and not backbone:
             raise ValueError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
         self.model: FoundationClassifier | BaselineClassifier | None = None
@@ -265,7 +270,7 @@ class FinetuneModule(L.LightningModule):
                 raise ValueError(f"baseline {hp.baseline} needs one channel set; the task has items with "
                                  f"{sorted(channel_counts)} channels")
             self.model = BaselineClassifier(hp.baseline, next(iter(channel_counts)), k, preprocessing.window_samples,
-                                            preprocessing.spec.sfreq, hp.baseline_kwargs)
+                                            preprocessing.spec.sfreq, hp.baseline_kwargs, pretrained=hp.pretrained)
         else:
             self.model, source = load_foundation(hp.backbone, hp.tokenizer, HeadConfig(
                 n_classes=k, pooling=hp.pooling, n_queries=hp.n_queries, hidden=hp.head_hidden, dropout=hp.head_dropout),
@@ -387,9 +392,14 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     """A `FoundationClassifier` with the pretrained tokenizer and backbone weights (head random). Returns it and
     the provenance (package paths and hashes)."""
     from data.atomic import content_hash
+    from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
     from tokenizer.package import load_package
 
+    if package_family(backbone) == FAMILY:  # an imported BrainOmni package: its own model family
+        from finetune.brainomni import load_brainomni_classifier
+
+        return load_brainomni_classifier(backbone, tokenizer, head)
     bb = load_backbone(backbone)
     tok_path = Path(tokenizer) if tokenizer else Path((bb.tokenizer or {}).get("path") or "")
     if not tokenizer and not (bb.tokenizer or {}).get("path"):

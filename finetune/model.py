@@ -252,7 +252,12 @@ def build_classifier(config: dict[str, Any]) -> Classifier:
             TokenizerConfig.from_dict(config["tokenizer"]), BackboneConfig.from_dict(config["backbone"]),
             HeadConfig.from_dict(config["head"]), input=config.get("input", "latents"),
         )
+    if kind == "brainomni":  # an imported BrainOmni package (finetune.brainomni)
+        from finetune.brainomni import BrainOmniClassifier
+
+        return BrainOmniClassifier.from_config(config)
     if kind == "baseline":
         return BaselineClassifier(config["arch"], int(config["n_chans"]), int(config["n_outputs"]), int(config["n_times"]),
-                                  float(config.get("sfreq", 256.0)), config.get("kwargs") or {})
-    raise ValueError(f"model config kind {kind!r} must be 'foundation' or 'baseline'")
+                                  float(config.get("sfreq", 256.0)), config.get("kwargs") or {},
+                                  pretrained=config.get("pretrained"), net_config=config.get("net_config"))
+    raise ValueError(f"model config kind {kind!r} must be 'foundation', 'brainomni' or 'baseline'")
