@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.model import MASK_MODES, MaskedTokenModel, build_config, copy_baselines, sample_mask, unigram_floor_accuracy
+from pretrain.model import (
+    MASK_MODES,
+    MaskedTokenModel,
+    build_config,
+    copy_baselines,
+    sample_mask,
+    unigram_floor_accuracy,
+)
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import torch
 from pretrain.lightning import PretrainModule, lr_factor, param_groups
 from pretrain.model import (
     PRESETS,
-    copy_baselines,
     MaskedTokenModel,
     apply_rope,
     build_config,
+    copy_baselines,
     rope_tables,
     sample_mask,
     unigram_floor_accuracy,
