@@ -28,12 +28,12 @@ from finetune.baselines import BASELINES, BaselineClassifier
 from finetune.errors import LabelError
 from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
-
-BACKBONE_INITS = ("pretrained", "random")
 from finetune.package import CHECKPOINT_KEY
 from pretrain.lightning import lr_factor
 
 log = logging.getLogger("brainforge.finetune")
+
+BACKBONE_INITS = ("pretrained", "random")
 
 
 class ItemDataset(Dataset):

@@ -15,8 +15,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
     BinaryAveragePrecision,
-    MulticlassAUROC,
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassCohenKappa,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
