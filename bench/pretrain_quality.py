@@ -220,7 +220,7 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
             oracle += (tgt == own_best[None]).double().sum(0)
             per_latent += (tgt == latent_best[mask.nonzero()[:, 1]]).double().sum(0)
             uni_ce += -torch.stack([logp_uni[lv, tgt[:, lv]] for lv in range(lv_n)], 1).sum(0)
-            cb = copy_baselines(batch["indices"], mask, batch["valid"], train_best)
+            cb = copy_baselines(batch["indices"], mask, batch["valid"], train_best, k)
             m = tgt.shape[0]
             spatial += cb["spatial"].double() * m
             framecopy += cb["frame"].double() * m

@@ -183,7 +183,7 @@ class PretrainModule(L.LightningModule):
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean(0)
             floor = unigram_floor_accuracy(self.code_counts, targets)
-            copies = copy_baselines(indices, mask, valid, self.code_counts.argmax(1))
+            copies = copy_baselines(indices, mask, valid, self.code_counts.argmax(1), self.config.codebook_size)
             for lvl in range(levels):
                 self.log(f"{stage}/acc_l{lvl}", acc[lvl], batch_size=b, sync_dist=sync)
                 self.log(f"{stage}/ppl_l{lvl}", ce[:, lvl].mean().exp(), batch_size=b, sync_dist=sync)

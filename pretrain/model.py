@@ -280,7 +280,8 @@ def sample_mask(valid: Tensor, n_latent: int, ratio: float, generator: torch.Gen
     return (frames & valid)[:, None, :].expand(b, n_latent, t).clone()
 
 
-def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback: Tensor) -> dict[str, Tensor]:
+def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback: Tensor,
+                   codebook_size: int | None = None) -> dict[str, Tensor]:
     """Accuracy of the two copying predictors on the masked positions, per level (the shortcuts a model can take).
 
     * ``spatial``: the majority code (ties: the smallest code) of the *visible* latents of the same frame;
@@ -292,7 +293,8 @@ def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback
     ``frame_cover``: the fraction of masked positions where the copy was defined.
 
     indices [B, N, T, L] int, mask [B, N, T] bool (True = masked), valid [B, T] bool or None (all real),
-    fallback [L] int -> {"spatial": [L], "frame": [L], "spatial_cover": [], "frame_cover": [], "n": []} float.
+    fallback [L] int, codebook_size K (default: from the codes; pass it to avoid a device sync)
+    -> {"spatial": [L], "frame": [L], "spatial_cover": [], "frame_cover": [], "n": []} float.
     """
     b, n, t, levels = indices.shape
     dev = indices.device
@@ -307,7 +309,7 @@ def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback
         return {"spatial": zero, "frame": zero.clone(), "spatial_cover": torch.tensor(0.0), "frame_cover": torch.tensor(0.0),
                 "n": torch.tensor(0.0)}
     # spatial: code histogram of the visible latents of each (sample, frame, level)
-    k = int(max(int(indices.max()) + 1, int(fallback.max()) + 1))
+    k = codebook_size or int(max(int(indices.max()) + 1, int(fallback.max()) + 1))
     onehot_idx = indices.permute(0, 2, 3, 1)  # [B, T, L, N]
     vis = visible.permute(0, 2, 1)[:, :, None, :].expand(b, t, levels, n).to(torch.float32)
     hist = torch.zeros(b, t, levels, k, device=dev).scatter_add_(3, onehot_idx.long(), vis)  # [B, T, L, K]
