@@ -8,6 +8,8 @@ Run from the repository root::
     .venv/bin/python bench/finetune_ablation.py --backbone BACKBONE_PKG --quick                       # smoke run (~3 min)
     .venv/bin/python bench/finetune_ablation.py --backbone BACKBONE_PKG --analyse-only                # rebuild the report
     .venv/bin/python bench/finetune_ablation.py --backbone BB --foundation-args "--model.train_tokenizer true --model.lr 3e-4"
+    .venv/bin/python bench/finetune_ablation.py --backbone BB --variant tok="--model.train_tokenizer true" \
+        --variant mean="--model.pooling mean" --sets SCP1      # more foundation arms: pretrained+tok, random+tok, ...
 
 It does, through the real command line (``python -m finetune fit -c finetune/configs/full.yaml``), and writes
 ``bench/results/finetune_ablation.md``:
@@ -18,7 +20,9 @@ It does, through the real command line (``python -m finetune fit -c finetune/con
    weights. ``eegnet`` / ``shallow``: ``--model.baseline eegnet|shallow`` (braindecode EEGNet / ShallowFBCSPNet from
    scratch, on the same preprocessed items). ``--foundation-args`` adds options to both foundation arms (tokenizer
    fine-tuning, pooling, learning rates, ...), so that what pretraining learned can be put to use; the baselines
-   keep the config's.
+   keep the config's. Each ``--variant NAME=OPTIONS`` adds the arms ``pretrained+NAME`` and ``random+NAME`` (the
+   foundation arms with these options on top), so several fine-tuning recipes are compared in one run, each with
+   its own random-init control.
 2. Equal budgets. Every arm of every set gets the same ``--trainer.max_epochs``, the same early stopping on the
    validation split (``--early_stopping_patience`` validation epochs without a better ``val/selection``, the
    validation balanced accuracy), the same hard cap on training time (``--trainer.max_time``) and the same
@@ -113,8 +117,30 @@ def set_path(name: str, out: Path) -> Path:
 # Running
 
 
+def parse_variants(specs: list[str]) -> dict[str, str]:
+    """``NAME=OPTIONS`` strings -> {NAME: OPTIONS}."""
+    out = {}
+    for spec in specs:
+        name, sep, opts = spec.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--variant {spec!r}: expected NAME=OPTIONS with NAME a plain word")
+        out[name] = opts
+    return out
+
+
+def arm_list(arms: list[str], variants: dict[str, str]) -> list[str]:
+    """The base arms, then ``pretrained+NAME`` / ``random+NAME`` per variant (for the foundation arms chosen)."""
+    return [*arms, *(f"{b}+{v}" for v in variants for b in FOUNDATION if b in arms)]
+
+
+def base_arm(arm: str) -> str:
+    return arm.partition("+")[0]
+
+
 def fit_args(data: Path, arm: str, seed: int, run: Path, a: argparse.Namespace) -> list[str]:
     args = ["-m", "finetune", "fit", "-c", "finetune/configs/full.yaml", "--data.path", rel(data)]
+    variant = arm.partition("+")[2]
+    arm = base_arm(arm)
     if arm in FOUNDATION:
         args += ["--model.backbone", rel(a.backbone), "--model.mode", a.mode]
         if a.tokenizer:
@@ -122,6 +148,7 @@ def fit_args(data: Path, arm: str, seed: int, run: Path, a: argparse.Namespace) 
         if arm == "random":
             args += ["--model.backbone_init", "random"]
         args += shlex.split(a.foundation_args or "")
+        args += shlex.split(a.variants.get(variant, "")) if variant else []
     else:
         args += ["--model.baseline", arm]
     return args + ["--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.default_root_dir", rel(run),
@@ -154,7 +181,7 @@ def run_fit(name: str, data: Path, arm: str, seed: int, out: Path, a: argparse.N
     (run / "bench_output_tail.log").write_text(child.output_tail)
     rec = {"name": name, "arm": arm, "seed": seed, "args": args, "data": rel(data),
            "command": f"OMP_NUM_THREADS={a.threads} MKL_NUM_THREADS={a.threads} {command(args)}",
-           "backbone": rel(a.backbone) if arm in FOUNDATION else None,
+           "backbone": rel(a.backbone) if base_arm(arm) in FOUNDATION else None,
            "returncode": child.returncode, "wall_s": child.wall_s, "peak_rss": child.peak_rss_max_process,
            "run": rel(run), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     if child.returncode == 0 and (run / "test_metrics.json").is_file():
@@ -183,10 +210,12 @@ def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
 
-def verdicts(records: list[dict], name: str) -> list[str]:
-    """The issue's two comparisons on one set (balanced accuracy, mean over seeds)."""
-    pre, rnd, eeg = (_vals(records, name, arm, "balanced_accuracy") for arm in ("pretrained", "random", "eegnet"))
-    out = []
+def verdicts(records: list[dict], name: str, variant: str = "") -> list[str]:
+    """The issue's two comparisons on one set (balanced accuracy, mean over seeds), for the plain foundation arms or
+    those of one variant."""
+    suffix = f"+{variant}" if variant else ""
+    pre, rnd, eeg = (_vals(records, name, arm, "balanced_accuracy") for arm in (f"pretrained{suffix}", f"random{suffix}", "eegnet"))
+    out = [f"[{variant}]"] if variant and (pre or rnd) else []
     if pre and rnd:
         d, sd = statistics.mean(pre) - statistics.mean(rnd), max(_std(pre), _std(rnd))
         ok = len(pre) > 1 and len(rnd) > 1 and d > sd
@@ -203,6 +232,8 @@ def verdicts(records: list[dict], name: str) -> list[str]:
 
 def report(state: dict, results: Path) -> Path:
     records, a = state["records"], state["budget"]
+    arms = state.get("arms") or list(ARMS)
+    variants = state.get("variants") or {}
     quick = state.get("quick")
     bb = state.get("backbone_facts", {})
     done = [r for r in records if "test" in r]
@@ -216,7 +247,7 @@ def report(state: dict, results: Path) -> Path:
     for name in SETS:
         if not any(r["name"] == name for r in records):
             continue
-        for arm in ARMS:
+        for arm in arms:
             rs = [r for r in records if r["name"] == name and r["arm"] == arm and "test" in r]
             failed = [r for r in records if r["name"] == name and r["arm"] == arm and "test" not in r]
             if not rs and not failed:
@@ -228,7 +259,7 @@ def report(state: dict, results: Path) -> Path:
                          mean_std([r["val"]["balanced_accuracy"] for r in rs]),
                          f"{statistics.mean([r['epochs_run'] for r in rs]):.1f}" if rs else "-", ", ".join(stops) or "-",
                          f"{statistics.mean([r['wall_s'] for r in rs]) / 60:.1f}" if rs else "-"])
-        lines = verdicts(records, name)
+        lines = [x for v in ["", *variants] for x in verdicts(records, name, v)]
         if lines:
             verdict_lines.append(f"- **{name}**{'' if RANKED[name] else ' (reported, not ranked)'}: " + " ".join(lines))
     table = _common.table(["set", "arm", "seeds", "test balanced acc.", "test kappa", "test AUROC", "val balanced acc.",
@@ -250,13 +281,14 @@ def report(state: dict, results: Path) -> Path:
         ["max epochs", a["max_epochs"]], ["early stopping", f"patience {a['patience']} validation epochs on val/selection"],
         ["hard cap on training time per fit", a["max_time"]], ["warm-up steps", a["warmup"]],
         ["threads per fit", a["threads"]], ["foundation mode", a["mode"]],
-        ["foundation extra options", f"`{a['foundation_args']}`" if a.get("foundation_args") else "-"]])
+        ["foundation extra options", f"`{a['foundation_args']}`" if a.get("foundation_args") else "-"],
+        *[[f"variant `{v}` (arms pretrained+{v}, random+{v})", f"`{o}`"] for v, o in variants.items()]])
         + "\n\nEverything else is `finetune/configs/full.yaml`'s: batch 32, AdamW, cosine decay after the warm-up, "
         "foundation lr 5e-4 with layer decay 0.75, baseline lr 1e-3, class-weighted cross-entropy."))
     sections.append(("What it does", WHAT))
     sections.append(("The motor set", motor_task.__doc__.split("\n\n", 1)[1].strip()))
     per_seed = []
-    for r in sorted(records, key=lambda r: (SETS.index(r["name"]), ARMS.index(r["arm"]), r["seed"])):
+    for r in sorted(records, key=lambda r: (SETS.index(r["name"]), arms.index(r["arm"]) if r["arm"] in arms else 99, r["seed"])):
         if "test" not in r:
             per_seed.append([r["name"], r["arm"], r["seed"], "FAILED", "", "", "", "", "", f"{r['wall_s'] / 60:.1f}"])
             continue
@@ -282,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2; --quick 0")
     p.add_argument("--mode", choices=("full", "probe", "lora"), default="full", help="fine-tuning mode of both foundation arms")
     p.add_argument("--foundation-args", default="", help="extra finetune CLI options for both foundation arms (one string)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                   help="extra foundation arms pretrained+NAME and random+NAME with these finetune options (repeatable)")
     p.add_argument("--max-epochs", type=int, default=None, help="every arm (default 30; --quick 1)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience, validation epochs (default 10; --quick 1)")
     p.add_argument("--max-time", default=None, help="hard cap per fit DD:HH:MM:SS (default 00:00:15:00; --quick 00:00:01:00)")
@@ -308,17 +342,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (a.backbone / "model.safetensors").is_file():
         raise SystemExit(f"backbone package {a.backbone} has no model.safetensors")
+    a.variants = parse_variants(a.variant)
+    arms = arm_list(a.arms, a.variants)
     budget = {"max_epochs": a.max_epochs, "patience": a.patience, "max_time": a.max_time, "warmup": a.warmup,
               "threads": a.threads, "mode": a.mode, "foundation_args": a.foundation_args}
-    plan = [(name, arm, seed) for seed in a.seeds for name in a.sets for arm in a.arms]
+    plan = [(name, arm, seed) for seed in a.seeds for name in a.sets for arm in arms]
     out.mkdir(parents=True, exist_ok=True)
     state = {"command": _common.command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": q,
              "planned": len(plan), "machine": _common.machine_description(("numpy", "torch", "lightning", "mne", "braindecode")),
              "backbone_facts": backbone_facts(a.backbone), "tokenizer": rel(a.tokenizer) if a.tokenizer else None,
-             "budget": budget, "label": a.label, "records": [], "complete": False}
+             "budget": budget, "label": a.label, "arms": arms, "variants": a.variants, "records": [], "complete": False}
     if a.resume and (out / "records.json").is_file():
         old = json.loads((out / "records.json").read_text())
-        if old.get("budget") == budget and old.get("tokenizer") == state["tokenizer"]:
+        if old.get("budget") == budget and old.get("tokenizer") == state["tokenizer"] and old.get("variants", {}) == a.variants:
             state["records"] = [r for r in old["records"] if "test" in r and r.get("backbone") in (None, rel(a.backbone))
                                 and (r["name"], r["arm"], r["seed"]) in set(plan)]
     done = {(r["name"], r["arm"], r["seed"]) for r in state["records"]}

@@ -104,3 +104,40 @@ def test_ddp_two_processes_fit_and_test_with_the_metrics_of_one_process(model_re
         assert one["confusion_matrix"] == ddp[stage]["confusion_matrix"]
         for key in ("balanced_accuracy", "cohen_kappa", "auroc", "f1_weighted"):
             assert one[key] == pytest.approx(ddp[stage][key], abs=1e-6), (stage, key)
+
+
+def test_ablation_arms_share_data_seed_and_budget(tmp_path):
+    """bench/finetune_ablation.py: every arm of a seed gets the same data, seeds and budget options; only the model
+    options differ (the random arm adds exactly ``backbone_init random``)."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import finetune_ablation as fa
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    variants = fa.parse_variants(["tok=--model.train_tokenizer true"])
+    arms = fa.arm_list(list(fa.ARMS), variants)
+    assert arms == ["pretrained", "random", "eegnet", "shallow", "pretrained+tok", "random+tok"]
+    a = argparse.Namespace(backbone=tmp_path / "bb", tokenizer=None, mode="full", foundation_args="", variants=variants,
+                           max_epochs=30, patience=10, max_time="00:00:15:00", warmup=10)
+
+    def opts(arm: str) -> dict[str, str]:
+        args = fa.fit_args(tmp_path / "task.fif", arm, 1, tmp_path / "run", a)
+        return {k: v for k, v in zip(args, args[1:], strict=False) if k.startswith("--")}
+
+    budget_keys = ("--data.path", "--seed_everything", "--data.seed", "--trainer.max_epochs", "--early_stopping_patience",
+                   "--trainer.max_time", "--model.warmup_steps", "-c")
+    all_opts = {arm: opts(arm) for arm in arms}
+    for key in budget_keys:
+        assert len({o.get(key) for o in all_opts.values()}) == 1, key
+    assert set(all_opts["random"].items()) - set(all_opts["pretrained"].items()) == {("--model.backbone_init", "random")}
+    assert all_opts["random+tok"]["--model.train_tokenizer"] == "true" and "--model.backbone" not in all_opts["eegnet"]
+    assert all_opts["shallow"]["--model.baseline"] == "shallow"
+    recs = [{"name": "SCP1", "arm": arm, "seed": s, "test": {"balanced_accuracy": v}}
+            for arm, vals in (("pretrained", [0.80, 0.82, 0.84]), ("random", [0.70, 0.71, 0.72]), ("eegnet", [0.85, 0.85, 0.85]))
+            for s, v in enumerate(vals)]
+    lines = fa.verdicts(recs, "SCP1")
+    assert "beats by more than 1 std" in lines[0] and "below EEGNet" in lines[1]
+    with pytest.raises(SystemExit):
+        fa.parse_variants(["no equals sign"])
