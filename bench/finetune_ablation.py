@@ -5,7 +5,7 @@ the same splits with exactly the same budget.
 Run from the repository root::
 
     .venv/bin/python bench/finetune_ablation.py --tokenizer TOK_PKG --backbone BACKBONE_PKG          # 4 sets x 4 arms x 3 seeds
-    .venv/bin/python bench/finetune_ablation.py --backbone BACKBONE_PKG --quick                       # smoke run (~3 min)
+    .venv/bin/python bench/finetune_ablation.py --backbone BACKBONE_PKG --quick                       # smoke run (~2-5 min)
     .venv/bin/python bench/finetune_ablation.py --backbone BACKBONE_PKG --analyse-only                # rebuild the report
     .venv/bin/python bench/finetune_ablation.py --backbone BB --foundation-args "--model.train_tokenizer true --model.lr 3e-4"
     .venv/bin/python bench/finetune_ablation.py --backbone BB --variant tok="--model.train_tokenizer true" \
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", type=Path, required=True, help="backbone package (python -m pretrain export)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer package (default: the one the backbone records)")
-    p.add_argument("--sets", nargs="+", choices=SETS, default=None, help="default: all; --quick: EyesOpenShut motor")
+    p.add_argument("--sets", nargs="+", choices=SETS, default=None, help="default: all; --quick: motor")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2; --quick 0")
     p.add_argument("--mode", choices=("full", "probe", "lora"), default="full", help="fine-tuning mode of both foundation arms")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", default=None, help="hard cap per fit DD:HH:MM:SS (default 00:00:15:00; --quick 00:00:01:00)")
     p.add_argument("--warmup", type=int, default=10, help="lr warm-up steps, every arm (default 10, the config's)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per fit (default 1)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 2 small sets; writes under runs/bench only")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, the motor set; writes under runs/bench only")
     p.add_argument("--label", default="", help="a line printed at the top of the report (e.g. 'old tokenizer')")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/finetune_ablation[_quick])")
     p.add_argument("--results", type=Path, default=None, help=f"report (default {rel(RESULTS)}; --quick: OUT/finetune_ablation.md)")
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--analyse-only", action="store_true", help="rebuild the report from OUT/records.json, no training")
     a = p.parse_args(argv)
     q = a.quick
-    a.sets = a.sets or (["EyesOpenShut", "motor"] if q else list(SETS))
+    a.sets = a.sets or (["motor"] if q else list(SETS))
     a.seeds = a.seeds if a.seeds is not None else ([0] if q else [0, 1, 2])
     a.max_epochs = a.max_epochs or (1 if q else 30)
     a.patience = a.patience if a.patience is not None else (1 if q else 10)
