@@ -97,7 +97,7 @@ def test_ddp_two_processes_fit_and_test_with_the_metrics_of_one_process(model_re
     dm = FinetuneDataModule(str(task), batch_size=4)
     module = FinetuneModule(backbone=str(model_registry["backbone"]), mode="full")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
+                        enable_checkpointing=False, default_root_dir=tmp_path / "one")  # splits.json goes there
     for stage, fn in (("val", trainer.validate), ("test", trainer.test)):
         fn(module, datamodule=dm, ckpt_path=ddp["best_checkpoint"], verbose=False)
         one = module.last_eval[stage]
