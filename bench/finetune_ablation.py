@@ -158,11 +158,24 @@ def fit_args(data: Path, arm: str, seed: int, run: Path, a: argparse.Namespace) 
                    "--trainer.enable_model_summary", "false"]
 
 
-def stopped_by(rec: dict, a_max_epochs: int, patience: int) -> str:
+def train_steps(metrics_csv: Path) -> int:
+    """Optimizer steps the fit made (the largest step with a training loss, + 1)."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return 0
+    steps = [int(r["step"]) for r in csv.DictReader(metrics_csv.open()) if r.get("train/loss")]
+    return max(steps) + 1 if steps else 0
+
+
+def stopped_by(rec: dict, max_epochs: int, patience: int, batch_size: int = 32) -> str:
+    """``max epochs`` (all epochs' steps made), ``early stop`` (patience ran out) or ``time cap`` (the rest)."""
     n, best = rec.get("epochs_run") or 0, rec.get("best_epoch")
-    if n >= a_max_epochs:
+    n_train = (rec.get("split_sizes") or {}).get("train") or 0
+    full = max_epochs * -(-n_train // batch_size) if n_train else None
+    if n >= max_epochs and (full is None or rec.get("train_steps", full) >= full):
         return "max epochs"
-    if best is not None and patience and n - 1 - best >= patience:
+    if best is not None and patience and n - 1 - best >= patience and n < max_epochs:
         return "early stop"
     return "time cap"
 
@@ -188,8 +201,9 @@ def run_fit(name: str, data: Path, arm: str, seed: int, out: Path, a: argparse.N
         rec.update(collect(run))
         facts = json.loads((run / "test_metrics.json").read_text())["facts"]
         rec["splits_hash"] = facts.get("splits_hash")
+        rec["train_steps"] = train_steps(run / "metrics.csv")
         rec["stopped_by"] = stopped_by(rec, a.max_epochs, a.patience)
-        print(f"    {child.wall_s / 60:.1f} min, {rec['epochs_run']} epochs ({rec['stopped_by']}), test bal. acc. "
+        print(f"    {child.wall_s / 60:.1f} min, {rec['epochs_run']} epochs, {rec['train_steps']} steps ({rec['stopped_by']}), test bal. acc. "
               f"{fmt(rec['test']['balanced_accuracy'])}", flush=True)
     else:
         rec["error"] = child.output_tail[-2500:]
@@ -290,13 +304,14 @@ def report(state: dict, results: Path) -> Path:
     per_seed = []
     for r in sorted(records, key=lambda r: (SETS.index(r["name"]), arms.index(r["arm"]) if r["arm"] in arms else 99, r["seed"])):
         if "test" not in r:
-            per_seed.append([r["name"], r["arm"], r["seed"], "FAILED", "", "", "", "", "", f"{r['wall_s'] / 60:.1f}"])
+            per_seed.append([r["name"], r["arm"], r["seed"], "FAILED", "", "", "", "", "", "", f"{r['wall_s'] / 60:.1f}"])
             continue
         t = r["test"]
         per_seed.append([r["name"], r["arm"], r["seed"], fmt(t["balanced_accuracy"]), fmt(t["cohen_kappa"]), fmt(t.get("auroc")),
-                         fmt(r["val"]["balanced_accuracy"]), r["epochs_run"], r["stopped_by"], f"{r['wall_s'] / 60:.1f}"])
+                         fmt(r["val"]["balanced_accuracy"]), r["epochs_run"], r.get("train_steps", "-"), r["stopped_by"],
+                         f"{r['wall_s'] / 60:.1f}"])
     sections.append(("Per seed", _common.table(["set", "arm", "seed", "test bal. acc.", "kappa", "AUROC", "val bal. acc.",
-                                                "epochs", "stopped by", "wall (min)"], per_seed)))
+                                                "epochs", "steps", "stopped by", "wall (min)"], per_seed)))
     sections.append(("Commands", "\n".join(f"- `{r['command']}`" for r in records) or "-"))
     sections.append(("Machine", _common.machine_table(state["machine"])))
     return _common.write_markdown(results, "Ablation: pretrained vs random-init backbone vs EEGNet / ShallowFBCSPNet", sections)
