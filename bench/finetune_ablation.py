@@ -280,7 +280,7 @@ def report(state: dict, results: Path) -> Path:
                            "epochs run (mean)", "stopped by", "wall per fit (min)"], rows) if rows else "(no finished fit)"
     sections.append(("Results (test split, mean ± std over seeds)", table + "\n\n" + "\n".join(verdict_lines)
                      + f"\n\n{NOT_RANKED_WHY}"
-                     + "\n\n`audvis` has 29 segments (6 test segments with seed 0): its numbers carry little weight."))
+                     + "\n\n`audvis` has 29 segments in all (a test split of about 6): its numbers carry little weight."))
     # identical splits
     split_lines = []
     for name in SETS:
