@@ -468,9 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         "- **How predictable the tokens are from context.** A latent's code equals its own code one frame (0.25 s) "
         "earlier in " + ", ".join(f"L{lv} {r:.2%}" for lv, r in enumerate(repeat["heldout"][0]))
         + f" of held-out frame pairs ({repeat['heldout'][1]:,}) and " + ", ".join(f"L{lv} {r:.2%}" for lv, r in enumerate(repeat["train"][0]))
-        + f" of training pairs ({repeat['train'][1]:,}): the 'copy the previous frame' predictor is right only about 1% of "
-        "the time, so whatever the model scores above that comes from the other latents of the frame and from longer patterns in time, "
-        "not from copying a neighbour (which of the two was not measured).",
+        + f" of training pairs ({repeat['train'][1]:,}). On the masked held-out positions themselves (masking `{mask_mode}`), "
+        "copying the majority code of the frame's visible latents scores " + ", ".join(
+            f"L{lv} {r['spatial_copy']:.2%}" for lv, r in enumerate(held["levels"]))
+        + f" (defined at {held['spatial_cover']:.0%} of them) and copying the nearest visible frame " + ", ".join(
+            f"L{lv} {r['frame_copy']:.2%}" for lv, r in enumerate(held["levels"]))
+        + f" (defined at {held['framecopy_cover']:.0%}); the model's margin over the better of the two is what it learned beyond copying.",
         f"- **Uncertainty.** {held['masked_positions']:,} masked held-out positions ({held['segments']} segments x {len(seeds)} masks); "
         "binomial standard error per level: " + ", ".join(f"{r['se']:.2%}" for r in held["levels"])
         + " ('beats' = accuracy above the floor by more than 2 s.e.).",
