@@ -32,7 +32,10 @@ It does, through the real command lines, and writes ``bench/results/pretrain.md`
 The unigram floor predicts, on each level, the code most frequent in the *training* tokens (the floor the
 issue names). Two stricter references: the "per-latent" floor predicts each latent channel's own most frequent
 training code (what a model learns from the latent embedding alone, without any context), and the "held-out
-oracle" floor cheats by using the held-out set's own most frequent code. The unigram
+oracle" floor cheats by using the held-out set's own most frequent code. Two copying predictors show whether
+the masking leaves a shortcut: the spatial copy (the majority code of the visible latents of the same frame) and
+the frame copy (the same latent's code at the nearest visible frame), each falling back to the unigram code where
+it is undefined (`pretrain.model.copy_baselines`); masks are drawn as in the training run (``--mask-mode``). The unigram
 perplexity is that of the training code histogram (add-one smoothed) on the held-out codes. Run outputs go
 to ``runs/bench/pretrain``.
 """
@@ -168,15 +171,18 @@ def neighbour_repeat_rate(tokens: Path, levels: int) -> tuple[list[float], int]:
 
 @torch.no_grad()
 def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds: list[int],
-             train_counts: torch.Tensor, batch_size: int = 16, max_segments: int | None = None) -> dict:
+             train_counts: torch.Tensor, batch_size: int = 16, max_segments: int | None = None,
+             mask_mode: str = "random", mask_span: int = 4) -> dict:
     """Per level, over the segments of ``tokens`` (all, or ``max_segments`` evenly spaced) and one fresh mask per segment and seed: model accuracy,
     perplexity (exp of mean cross-entropy), unigram floor accuracy (training argmax), held-out oracle floor
     (this set's own argmax), per-latent floor (each latent channel's own training argmax), unigram perplexity
-    (training histogram, add-one), and the masked count. ``train_counts`` [N, L, K] from `code_histogram`."""
+    (training histogram, add-one), the spatial-copy and frame-copy baselines (`pretrain.model.copy_baselines`,
+    falling back to the training argmax where the copy is undefined) and the masked count. Masks are drawn with
+    ``mask_mode`` / ``mask_span`` (the training run's). ``train_counts`` [N, L, K] from `code_histogram`."""
     import torch.nn.functional as F
 
     from pretrain.data import SegmentDataset, collate_segments
-    from pretrain.model import sample_mask
+    from pretrain.model import copy_baselines, sample_mask
 
     cfg = model.config
     lv_n, k = cfg.rvq_levels, cfg.codebook_size
@@ -196,12 +202,15 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
     oracle = torch.zeros(lv_n, dtype=torch.float64)
     per_latent = torch.zeros(lv_n, dtype=torch.float64)
     uni_ce = torch.zeros(lv_n, dtype=torch.float64)
+    spatial = torch.zeros(lv_n, dtype=torch.float64)
+    framecopy = torch.zeros(lv_n, dtype=torch.float64)
+    spatial_cover = framecopy_cover = 0.0
     n = 0
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         for lo in range(0, len(items), batch_size):
             batch = collate_segments(items[lo:lo + batch_size])
-            mask = sample_mask(batch["valid"], cfg.n_latent, mask_ratio, g)
+            mask = sample_mask(batch["valid"], cfg.n_latent, mask_ratio, g, mode=mask_mode, span=mask_span)
             logits = model(batch["indices"], mask, batch["valid"]).float()  # [M, L, K]
             tgt = batch["indices"][mask]  # [M, L]
             correct += (logits.argmax(-1) == tgt).double().sum(0)
@@ -211,13 +220,22 @@ def evaluate(model, tokens: Path, segment_windows: int, mask_ratio: float, seeds
             oracle += (tgt == own_best[None]).double().sum(0)
             per_latent += (tgt == latent_best[mask.nonzero()[:, 1]]).double().sum(0)
             uni_ce += -torch.stack([logp_uni[lv, tgt[:, lv]] for lv in range(lv_n)], 1).sum(0)
-            n += tgt.shape[0]
-    out = {"masked_positions": n, "segments": len(items), "seeds": seeds, "levels": []}
+            cb = copy_baselines(batch["indices"], mask, batch["valid"], train_best, k)
+            m = tgt.shape[0]
+            spatial += cb["spatial"].double() * m
+            framecopy += cb["frame"].double() * m
+            spatial_cover += float(cb["spatial_cover"]) * m
+            framecopy_cover += float(cb["frame_cover"]) * m
+            n += m
+    out = {"masked_positions": n, "segments": len(items), "seeds": seeds, "mask_mode": mask_mode, "mask_span": mask_span,
+           "spatial_cover": spatial_cover / max(1, n), "framecopy_cover": framecopy_cover / max(1, n), "levels": []}
     for lv in range(lv_n):
         acc, fl = float(correct[lv] / n), float(floor[lv] / n)
-        se = math.sqrt(max(acc * (1 - acc), fl * (1 - fl), 1e-12) / n)  # binomial s.e. (masks repeat positions)
+        sp, fc = float(spatial[lv] / n), float(framecopy[lv] / n)
+        se = math.sqrt(max(acc * (1 - acc), fl * (1 - fl), sp * (1 - sp), fc * (1 - fc), 1e-12) / n)  # binomial s.e.
         out["levels"].append({
             "acc": acc, "top5": float(top5[lv] / n), "ppl": math.exp(float(ce[lv] / n)), "floor": fl,
+            "spatial_copy": sp, "frame_copy": fc,
             "oracle_floor": float(oracle[lv] / n), "latent_floor": float(per_latent[lv] / n), "unigram_ppl": math.exp(float(uni_ce[lv] / n)), "se": se,
             "codes_used": int((own[lv] > 0).sum()), "top_code_share": float(own[lv].max() / own[lv].sum()),
         })
@@ -233,7 +251,7 @@ def read_curve(metrics_csv: Path, levels: int) -> tuple[list[dict], list[dict]]:
         for stage, rows in (("train", train), ("val", val)):
             if r.get(f"{stage}/loss"):
                 rows.append({"step": int(r["step"]), "loss": float(r[f"{stage}/loss"]),
-                             **{f"{m}_l{lv}": float(r[f"{stage}/{m}_l{lv}"]) for lv in range(levels) for m in ("acc", "floor_acc", "ppl")
+                             **{f"{m}_l{lv}": float(r[f"{stage}/{m}_l{lv}"]) for lv in range(levels) for m in ("acc", "floor_acc", "ppl", "spatial_acc", "framecopy_acc")
                                 if r.get(f"{stage}/{m}_l{lv}")}})
     return train, val
 
@@ -281,6 +299,10 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
         extra += ["--model.embedding", args.embedding]
     if args.dropout is not None:
         extra += ["--model.overrides", f"{{dropout: {args.dropout}}}"]
+    if args.mask_mode is not None:
+        extra += ["--model.mask_mode", args.mask_mode]
+    if args.mask_span is not None:
+        extra += ["--model.mask_span", args.mask_span]
     if run.exists():
         import shutil
 
@@ -310,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
     p.add_argument("--embedding", choices=("codebook", "learned"), default=None, help="input embedding (default: the config's)")
     p.add_argument("--dropout", type=float, default=None, help="backbone dropout (default: the config's, 0)")
+    p.add_argument("--mask-mode", choices=("random", "frames", "spans"), default=None,
+                   help="masking of the training run (default: the config's); the evaluation uses the run's own")
+    p.add_argument("--mask-span", type=int, default=None, help="frames per span with --mask-mode spans (default: the config's)")
     p.add_argument("--eval-seeds", type=int, default=None, help="fresh masks per held-out segment in the in-process evaluation (default 3, --quick 1)")
     p.add_argument("--reuse-tokens", action="store_true",
                    help="skip `tokenizer encode` when the token shards of an earlier run were made by the same package")
@@ -357,12 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     pkg = load_backbone(out / "backbone_pkg")
     model, cfg = pkg.model, pkg.model.config
     mask_ratio = float(pkg.meta["training"].get("mask_ratio") or 0.5)
+    mask_mode = pkg.meta["training"].get("mask_mode") or "random"  # packages from before mask modes used random
+    mask_span = int(pkg.meta["training"].get("mask_span") or 4)
     steps_done = pkg.meta["training"].get("global_step")
     train_counts = code_histogram(out / "tokens_train", cfg.rvq_levels, cfg.codebook_size)  # [N, L, K]
-    held = evaluate(model, out / "tokens_heldout", args.segment_windows, mask_ratio, seeds, train_counts)
+    held = evaluate(model, out / "tokens_heldout", args.segment_windows, mask_ratio, seeds, train_counts,
+                    mask_mode=mask_mode, mask_span=mask_span)
     print(f"held-out evaluated ({held['masked_positions']:,} masked positions)", flush=True)
     train_eval = evaluate(model, out / "tokens_train", args.segment_windows, mask_ratio, seeds[:1], train_counts,
-                          max_segments=TRAIN_EVAL_SEGMENTS)
+                          max_segments=TRAIN_EVAL_SEGMENTS, mask_mode=mask_mode, mask_span=mask_span)
     repeat = {side: neighbour_repeat_rate(out / f"tokens_{side}", cfg.rvq_levels) for side in ("heldout", "train")}
     t_inproc = time.perf_counter() - t0
     (out / "eval.json").write_text(json.dumps({"heldout": held, "train": train_eval}, indent=1))
@@ -393,15 +421,21 @@ def main(argv: list[str] | None = None) -> int:
     verdict_latent = [versus(r["acc"], r["latent_floor"], r["se"]) for r in held["levels"]]
     n_beat, n_beat_oracle = sum(v == "beats" for v in verdict), sum(v == "beats" for v in verdict_oracle)
     n_beat_latent = sum(v == "beats" for v in verdict_latent)
-    summary_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['latent_floor']:.2%}", f"{r['oracle_floor']:.2%}",
+    verdict_spatial = [versus(r["acc"], r["spatial_copy"], r["se"]) for r in held["levels"]]
+    verdict_frame = [versus(r["acc"], r["frame_copy"], r["se"]) for r in held["levels"]]
+    n_beat_spatial, n_beat_frame = sum(v == "beats" for v in verdict_spatial), sum(v == "beats" for v in verdict_frame)
+    summary_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['spatial_copy']:.2%}", f"{r['frame_copy']:.2%}",
+                     f"{r['latent_floor']:.2%}", f"{r['oracle_floor']:.2%}",
                      f"{r['acc'] / max(r['floor'], 1e-9):.1f}x", f"{r['top5']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}",
-                     verdict[lv], verdict_latent[lv], verdict_oracle[lv]]
+                     verdict[lv], verdict_spatial[lv], verdict_frame[lv], verdict_latent[lv], verdict_oracle[lv]]
                     for lv, r in enumerate(held["levels"])]
-    summary_head = ["level", "accuracy", "unigram floor", "per-latent floor", "held-out oracle floor", "acc / floor", "top-5 acc",
-                    "perplexity", "unigram perplexity", "vs unigram floor", "vs per-latent floor", "vs oracle floor"]
+    summary_head = ["level", "accuracy", "unigram floor", "spatial copy", "frame copy", "per-latent floor", "held-out oracle floor",
+                    "acc / floor", "top-5 acc", "perplexity", "unigram perplexity", "vs unigram floor", "vs spatial copy",
+                    "vs frame copy", "vs per-latent floor", "vs oracle floor"]
     train_rows = [[lv, f"{r['acc']:.2%}", f"{r['floor']:.2%}", f"{r['ppl']:.0f}", f"{r['unigram_ppl']:.0f}"]
                   for lv, r in enumerate(train_eval["levels"])]
     cli_rows = [[lv, fmt(cli_val.get(f"acc_l{lv}"), ".2%"), fmt(cli_val.get(f"floor_acc_l{lv}"), ".2%"),
+                 fmt(cli_val.get(f"spatial_acc_l{lv}"), ".2%"), fmt(cli_val.get(f"framecopy_acc_l{lv}"), ".2%"),
                  fmt(cli_val.get(f"ppl_l{lv}"), ".0f")] for lv in range(levels)]
     curve_rows = []
     for r in val_curve:
@@ -434,9 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         "- **How predictable the tokens are from context.** A latent's code equals its own code one frame (0.25 s) "
         "earlier in " + ", ".join(f"L{lv} {r:.2%}" for lv, r in enumerate(repeat["heldout"][0]))
         + f" of held-out frame pairs ({repeat['heldout'][1]:,}) and " + ", ".join(f"L{lv} {r:.2%}" for lv, r in enumerate(repeat["train"][0]))
-        + f" of training pairs ({repeat['train'][1]:,}): the 'copy the previous frame' predictor is right only about 1% of "
-        "the time, so whatever the model scores above that comes from the other latents of the frame and from longer patterns in time, "
-        "not from copying a neighbour (which of the two was not measured).",
+        + f" of training pairs ({repeat['train'][1]:,}). On the masked held-out positions themselves (masking `{mask_mode}`), "
+        "copying the majority code of the frame's visible latents scores " + ", ".join(
+            f"L{lv} {r['spatial_copy']:.2%}" for lv, r in enumerate(held["levels"]))
+        + f" (defined at {held['spatial_cover']:.0%} of them) and copying the nearest visible frame " + ", ".join(
+            f"L{lv} {r['frame_copy']:.2%}" for lv, r in enumerate(held["levels"]))
+        + f" (defined at {held['framecopy_cover']:.0%}); the model's margin over the better of the two is what it learned beyond copying.",
         f"- **Uncertainty.** {held['masked_positions']:,} masked held-out positions ({held['segments']} segments x {len(seeds)} masks); "
         "binomial standard error per level: " + ", ".join(f"{r['se']:.2%}" for r in held["levels"])
         + " ('beats' = accuracy above the floor by more than 2 s.e.).",
@@ -445,8 +482,11 @@ def main(argv: list[str] | None = None) -> int:
         ("Summary",
          f"After {steps_done} steps ({fit_min:.1f} min of CPU `fit` wall time) of `tiny`, masked-token accuracy on held-out "
          f"real recordings beats the unigram floor on {n_beat} of {levels} levels, the per-latent floor on {n_beat_latent} of {levels} "
-         f"and the held-out oracle floor on {n_beat_oracle} of {levels} "
-         f"(mask ratio {mask_ratio:g}, segments of {args.segment_windows} x 2 s = {seg_frames} frames, {len(seeds)} fresh masks per segment):"
+         f"and the held-out oracle floor on {n_beat_oracle} of {levels}; it beats the spatial-copy baseline on {n_beat_spatial} "
+         f"and the frame-copy baseline on {n_beat_frame} of {levels} levels "
+         f"(masking `{mask_mode}`" + (f" of {mask_span}-frame runs" if mask_mode == "spans" else "") + f", copies defined at "
+         f"{held['spatial_cover']:.0%} / {held['framecopy_cover']:.0%} of masked positions, else the unigram code; "
+         f"mask ratio {mask_ratio:g}, segments of {args.segment_windows} x 2 s = {seg_frames} frames, {len(seeds)} fresh masks per segment):"
          + "\n\n" + _common.table(summary_head, summary_rows)
          + ("\n\nQUICK smoke run: not a result." if quick else "")),
         ("What was done", WHAT + "\n\n" + FLOOR_NOTE + "."
@@ -462,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
          + f"\n\nTokenizer package: `{rel(package)}` ({tok_steps} "
            "training steps of `small`; its held-out reconstruction quality is in bench/results/tokenizer_quality.md)."),
         ("Held-out, python -m pretrain validate (one mask per segment)",
-         _common.table(["level", "accuracy", "unigram floor (checkpoint's histogram)", "perplexity"], cli_rows)
+         _common.table(["level", "accuracy", "unigram floor (checkpoint's histogram)", "spatial copy", "frame copy", "perplexity"], cli_rows)
          + (f"\n\nval/loss {cli_val['loss']:.4f}." if cli_val else "")),
         (f"Training tokens, in-process (same package, {train_eval['segments']} evenly spaced segments, 1 mask)",
          _common.table(["level", "accuracy", "unigram floor", "perplexity", "unigram perplexity"], train_rows)),

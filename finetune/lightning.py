@@ -33,6 +33,8 @@ from pretrain.lightning import lr_factor
 
 log = logging.getLogger("brainforge.finetune")
 
+BACKBONE_INITS = ("pretrained", "random")
+
 
 class ItemDataset(Dataset):
     def __init__(self, items: list[dict]) -> None:
@@ -158,11 +160,23 @@ class FinetuneDataModule(L.LightningDataModule):
 
     # --- loaders --------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool, max_channels: int | None = None) -> DataLoader:
+        """Training: shuffled (Lightning swaps in a DistributedSampler under DDP). Validation / test under DDP: each
+        item on exactly one rank (`UnrepeatedDistributedSampler`; Lightning's default would pad the ranks with
+        repeated items, which the metrics would then count twice), so the synced metrics equal one process's."""
         hp = self.hparams
         g = torch.Generator().manual_seed(int(hp.seed))
-        return DataLoader(ItemDataset(self.subsets[split]), batch_size=hp.batch_size, shuffle=train, generator=g,
-                          num_workers=hp.num_workers, drop_last=False,
-                          collate_fn=WindowCollator(max_channels if train else None, seed=hp.seed))
+        ds = ItemDataset(self.subsets[split])
+        collate = WindowCollator(max_channels if train else None, seed=hp.seed)
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if not train and world > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=trainer.global_rank, shuffle=False)
+            return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers, drop_last=False,
+                              collate_fn=collate)
+        return DataLoader(ds, batch_size=hp.batch_size, shuffle=train, generator=g, num_workers=hp.num_workers,
+                          drop_last=False, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.hparams.max_channels)
@@ -192,6 +206,9 @@ class FinetuneModule(L.LightningModule):
         train_tokenizer: ``full`` + ``latents``: also fine-tune the tokenizer encoder (lowest lr).
         class_weighting: weight the cross-entropy by n / (K * count) of the training split (imbalanced labels).
         label_smoothing: cross-entropy label smoothing.
+        backbone_init: ``pretrained`` (the package's weights) or ``random``: the same architecture with freshly
+            initialised backbone weights (seeded by ``seed_everything``); the tokenizer and its frozen codebooks stay
+            the package's. The ablation's "random init" arm (bench/finetune_ablation.py).
         baseline: ``eegnet`` | ``shallow`` | ``labram`` | ``cbramod`` (or another braindecode model class name):
             train this braindecode model instead (backbone ignored); baseline_lr / baseline_kwargs configure it.
         pretrained: with ``baseline``: start from published weights, a Hugging Face hub id or a local folder
@@ -221,6 +238,7 @@ class FinetuneModule(L.LightningModule):
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
         train_tokenizer: bool = False,
+        backbone_init: str = "pretrained",
         class_weighting: bool = True,
         label_smoothing: float = 0.0,
         baseline: str | None = None,
@@ -238,6 +256,8 @@ class FinetuneModule(L.LightningModule):
             raise ValueError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
         if pretrained and baseline is None:
             raise ValueError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
+        if backbone_init not in BACKBONE_INITS:
+            raise ValueError(f"--model.backbone_init {backbone_init!r} must be one of {BACKBONE_INITS}")
         if baseline is None and not backbone:
             raise ValueError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
         self.model: FoundationClassifier | BaselineClassifier | None = None
@@ -274,7 +294,7 @@ class FinetuneModule(L.LightningModule):
         else:
             self.model, source = load_foundation(hp.backbone, hp.tokenizer, HeadConfig(
                 n_classes=k, pooling=hp.pooling, n_queries=hp.n_queries, hidden=hp.head_hidden, dropout=hp.head_dropout),
-                hp.input)
+                hp.input, backbone_init=hp.backbone_init)
         self.model.set_mode(hp.mode, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                             train_tokenizer=hp.train_tokenizer)
         counts = np.asarray(train_counts, dtype=np.float64)
@@ -285,6 +305,7 @@ class FinetuneModule(L.LightningModule):
         self.facts = {
             "model": self.model.config_dict(), "labels": list(classes), "preprocessing": preprocessing.to_dict(),
             "channels": channels, "mode": None if hp.baseline else hp.mode,
+            "backbone_init": None if hp.baseline else hp.backbone_init,
             "lora": {"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout} if (hp.mode == "lora" and not hp.baseline) else None,
             "task": task_facts, "source": source, "class_weights": weights.tolist(),
         }  # fmt: skip
@@ -388,9 +409,12 @@ class FinetuneModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = self.facts
 
 
-def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, input: str) -> tuple[FoundationClassifier, dict]:
+def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, input: str,
+                    backbone_init: str = "pretrained") -> tuple[FoundationClassifier, dict]:
     """A `FoundationClassifier` with the pretrained tokenizer and backbone weights (head random). Returns it and
-    the provenance (package paths and hashes)."""
+    the provenance (package paths and hashes). ``backbone_init="random"``: the backbone's weights are a fresh
+    initialisation of the same architecture instead (from the current torch RNG), except its frozen codebooks,
+    which are the tokenizer's."""
     from data.atomic import content_hash
     from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
@@ -410,7 +434,14 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     tok = load_package(tok_path).model
     model = FoundationClassifier(tok.config, bb.model.config, head, input=input)
     model.tokenizer.load_state_dict(tok.state_dict())
-    model.backbone.load_state_dict(bb.model.state_dict())
-    source = {"backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors")},
+    state = bb.model.state_dict()
+    if backbone_init == "random":
+        from pretrain.model import MaskedTokenModel
+
+        fresh = MaskedTokenModel(bb.model.config).state_dict()
+        state = {k: (state[k] if k == "codebooks" else v) for k, v in fresh.items()}
+    model.backbone.load_state_dict(state)
+    source = {"backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors"),
+                           "init": backbone_init},
               "tokenizer": {"path": str(tok_path.resolve()), "weights_sha256": content_hash(tok_path / "model.safetensors")}}
     return model, source

@@ -1,7 +1,7 @@
 """Classification metrics (torchmetrics) for validation and test, and the confusion-matrix plot.
 
 Balanced accuracy is the macro-averaged recall. For binary tasks AUROC and PR-AUC (average precision) use the
-probability of class 1 (``classes[1]``). The metric objects sync across processes under DDP.
+probability of class 1 (``classes[1]``); with more classes AUROC is the macro average of the one-vs-rest AUROCs. The metric objects sync across processes under DDP.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torchmetrics.classification import (
     BinaryAUROC,
     BinaryAveragePrecision,
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassCohenKappa,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
@@ -37,14 +38,17 @@ class ClassificationMetrics(nn.Module):
             "f1_weighted": MulticlassF1Score(k, average="weighted"),
         })  # fmt: skip
         self.confusion = MulticlassConfusionMatrix(k)
-        self.binary = MetricCollection({"auroc": BinaryAUROC(), "pr_auc": BinaryAveragePrecision()}) if k == 2 else None
+        if k == 2:
+            self.binary = MetricCollection({"auroc": BinaryAUROC(), "pr_auc": BinaryAveragePrecision()})
+        else:  # one-vs-rest, macro average
+            self.binary = MetricCollection({"auroc": MulticlassAUROC(k, average="macro")})
 
     def update(self, probs: Tensor, target: Tensor) -> None:
         probs, target = probs.detach().float(), target.detach().long()
         self.labels.update(probs, target)
         self.confusion.update(probs, target)
         if self.binary is not None:
-            self.binary.update(probs[:, 1], target)
+            self.binary.update(probs[:, 1] if self.n_classes == 2 else probs, target)
 
     def compute(self) -> dict:
         out = {k: float(v) for k, v in self.labels.compute().items()}

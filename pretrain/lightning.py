@@ -1,9 +1,14 @@
 """`PretrainModule`: masked-token pretraining of the backbone on token segments (data: `PretrainDataModule`).
 
-Per step: a fresh mask per sample over 50% of the (latent x frame) positions, cross-entropy over all L
-code levels at the masked positions. Logged per level: accuracy, perplexity (exp of that level's
-cross-entropy) and the accuracy of the unigram floor (always predict the level's most frequent code,
-counted on the training tokens seen so far, before the current batch).
+Per step: a fresh mask per sample over 50% of the (latent x frame) positions (``mask_mode``: ``random``
+positions, whole ``frames``, or contiguous ``spans`` of ``mask_span`` whole frames; see `sample_mask`),
+cross-entropy over all L code levels at the masked positions. Logged per level: accuracy, perplexity (exp
+of that level's cross-entropy) and, beside it, the accuracy of three trivial predictors on the same masked
+positions: the unigram floor (``floor_acc``: always predict the level's most frequent code, counted on the
+training tokens seen so far, before the current batch), the spatial copy (``spatial_acc``: the majority code
+of the visible latents of the same frame) and the frame copy (``framecopy_acc``: the same latent's code at
+the nearest visible frame); a copy that is undefined falls back to the floor's code (`copy_baselines`).
+``spatial_cover`` / ``framecopy_cover``: the fraction of masked positions where the copy was defined.
 
 The masks come from a generator seeded by (seed, global step, global rank, batch index), not from the
 global RNG, so a resumed run draws exactly the masks an uninterrupted run would.
@@ -20,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.model import MaskedTokenModel, build_config, sample_mask, unigram_floor_accuracy
+from pretrain.model import (
+    MASK_MODES,
+    MaskedTokenModel,
+    build_config,
+    copy_baselines,
+    sample_mask,
+    unigram_floor_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +100,9 @@ class PretrainModule(L.LightningModule):
         overrides: BackboneConfig fields to change from the preset (e.g. {"n_layers": 4}).
         embedding: ``codebook`` (sum of frozen codebook vectors, projected) or ``learned`` per-level embeddings.
         mask_ratio: fraction of (latent x frame) positions masked per sample.
+        mask_mode: ``random`` (latent x frame positions), ``frames`` (whole frames) or ``spans`` (contiguous runs
+            of ``mask_span`` whole frames); see `pretrain.model.sample_mask`.
+        mask_span: frames per span in ``spans`` mode (4 frames = 1 s with the 8-frames-per-2-s tokenizer).
         lr, weight_decay: AdamW; weight decay on weight matrices only (not norms, biases, embeddings).
         schedule: ``cosine`` or ``wsd``; warmup_steps, min_lr_ratio, decay_fraction (wsd) shape it.
         compile: ``torch.compile`` the backbone blocks (in place; state-dict keys unchanged).
@@ -103,6 +118,8 @@ class PretrainModule(L.LightningModule):
         overrides: dict[str, Any] | None = None,
         embedding: str = "codebook",
         mask_ratio: float = 0.5,
+        mask_mode: str = "spans",
+        mask_span: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         schedule: str = "cosine",
@@ -118,6 +135,10 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1)")
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
+        if mask_span < 1:
+            raise ValueError(f"mask_span {mask_span} must be >= 1 frame")
         codebooks, sizes = load_tokenizer_codebooks(tokenizer)
         self.config = build_config(preset, {**(overrides or {}), "embedding": embedding}, **sizes)
         self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
@@ -145,7 +166,8 @@ class PretrainModule(L.LightningModule):
         g = torch.Generator().manual_seed(
             int(self.hparams.mask_seed) * 1_000_003 + int(self.global_step) * 7919 + self.global_rank * 131 + batch_idx * 17 + stream
         )
-        return sample_mask(batch["valid"], self.config.n_latent, self.hparams.mask_ratio, g)
+        hp = self.hparams
+        return sample_mask(batch["valid"], self.config.n_latent, hp.mask_ratio, g, mode=hp.mask_mode, span=hp.mask_span)
 
     def _step(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
         indices, valid = batch["indices"], batch["valid"]
@@ -161,10 +183,15 @@ class PretrainModule(L.LightningModule):
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean(0)
             floor = unigram_floor_accuracy(self.code_counts, targets)
+            copies = copy_baselines(indices, mask, valid, self.code_counts.argmax(1), self.config.codebook_size)
             for lvl in range(levels):
                 self.log(f"{stage}/acc_l{lvl}", acc[lvl], batch_size=b, sync_dist=sync)
                 self.log(f"{stage}/ppl_l{lvl}", ce[:, lvl].mean().exp(), batch_size=b, sync_dist=sync)
                 self.log(f"{stage}/floor_acc_l{lvl}", floor[lvl], batch_size=b, sync_dist=sync)
+                self.log(f"{stage}/spatial_acc_l{lvl}", copies["spatial"][lvl], batch_size=b, sync_dist=sync)
+                self.log(f"{stage}/framecopy_acc_l{lvl}", copies["frame"][lvl], batch_size=b, sync_dist=sync)
+            self.log(f"{stage}/spatial_cover", copies["spatial_cover"], batch_size=b, sync_dist=sync)
+            self.log(f"{stage}/framecopy_cover", copies["frame_cover"], batch_size=b, sync_dist=sync)
             if stage == "train":
                 real = indices[valid[:, None, :].expand_as(mask)]  # [P, L] all real positions of the batch
                 for lvl in range(levels):

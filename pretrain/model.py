@@ -220,18 +220,118 @@ class MaskedTokenModel(nn.Module):
         return self.logits(self.encode(indices, mask, valid)[mask])
 
 
-def sample_mask(valid: Tensor, n_latent: int, ratio: float, generator: torch.Generator | None = None) -> Tensor:
-    """A fresh mask per sample: exactly floor(ratio * valid positions) of the (latent x frame) positions.
+MASK_MODES = ("random", "frames", "spans")
 
-    valid [B, T] bool -> mask [B, N, T] bool (never on padding frames).
+
+def sample_mask(valid: Tensor, n_latent: int, ratio: float, generator: torch.Generator | None = None,
+                mode: str = "random", span: int = 4) -> Tensor:
+    """A fresh mask per sample. valid [B, T] bool -> mask [B, N, T] bool (True = masked; never on padding frames).
+
+    * ``random``: exactly floor(ratio * valid positions) of the (latent x frame) positions, independently. A model
+      can then copy a visible latent of the same frame, or the same latent one frame away.
+    * ``frames``: exactly floor(ratio * valid frames) whole frames (all N latents of a frame together), chosen
+      independently: nothing of a masked frame is visible, but its neighbouring frames usually are.
+    * ``spans``: the same number of whole frames, as contiguous runs of ``span`` frames: the valid frames are
+      cut into blocks of ``span`` from a random offset and whole blocks are masked in random order (the last
+      one trimmed to hit the count), so most masked frames are ``span // 2`` or more frames from a visible one.
+
+    ``frames`` and ``spans`` mask at least one frame of any sample with a valid frame.
     """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode {mode!r} must be one of {MASK_MODES}")
     b, t = valid.shape
-    ok = valid[:, None, :].expand(b, n_latent, t).reshape(b, -1)
-    scores = torch.rand(b, n_latent * t, generator=generator).to(valid.device)
-    scores = scores.masked_fill(~ok, 2.0)
-    k = (ok.sum(1).float() * ratio).floor().long()  # per sample
-    rank = scores.argsort(dim=1).argsort(dim=1)
-    return (rank < k[:, None]).view(b, n_latent, t)
+    if mode == "random":
+        ok = valid[:, None, :].expand(b, n_latent, t).reshape(b, -1)
+        scores = torch.rand(b, n_latent * t, generator=generator).to(valid.device)
+        scores = scores.masked_fill(~ok, 2.0)
+        k = (ok.sum(1).float() * ratio).floor().long()  # per sample
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        return (rank < k[:, None]).view(b, n_latent, t)
+    n_valid = valid.sum(1)
+    k = torch.where(n_valid > 0, ((n_valid.float() * ratio).floor().long()).clamp(min=1), torch.zeros_like(n_valid))
+    if mode == "frames":
+        scores = torch.rand(b, t, generator=generator).to(valid.device).masked_fill(~valid, 2.0)
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        frames = rank < k[:, None]
+    else:
+        if span < 1:
+            raise ValueError(f"mask span {span} must be >= 1 frame")
+        frames = torch.zeros(b, t, dtype=torch.bool)
+        for i in range(b):
+            where = valid[i].nonzero().flatten().cpu()  # valid frame indices (padding is at the end, but be general)
+            n, want = len(where), int(k[i])
+            if want == 0:
+                continue
+            offset = int(torch.randint(0, span, (1,), generator=generator))
+            cuts = list(range(offset % span or span, n, span)) if n > span else []
+            blocks = [blk for blk in torch.tensor_split(torch.arange(n), cuts) if len(blk)]
+            order = torch.randperm(len(blocks), generator=generator).tolist()
+            chosen: list[Tensor] = []
+            left = want
+            for j in order:
+                blk = blocks[j]
+                if len(blk) >= left:
+                    chosen.append(blk[:left])  # the last block, trimmed to hit the count
+                    break
+                chosen.append(blk)
+                left -= len(blk)
+            frames[i, where[torch.cat(chosen)]] = True
+        frames = frames.to(valid.device)
+    return (frames & valid)[:, None, :].expand(b, n_latent, t).clone()
+
+
+def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback: Tensor,
+                   codebook_size: int | None = None) -> dict[str, Tensor]:
+    """Accuracy of the two copying predictors on the masked positions, per level (the shortcuts a model can take).
+
+    * ``spatial``: the majority code (ties: the smallest code) of the *visible* latents of the same frame;
+    * ``frame``: the same latent's code at the nearest visible frame of the same sample (ties: the previous one);
+
+    each computed per level, and where it is undefined (no visible latent in that frame / no visible frame of
+    that latent) the predictor falls back to ``fallback`` [L] (the unigram floor's codes), so both are scored
+    on every masked position and compare directly with the model's accuracy. ``spatial_cover`` /
+    ``frame_cover``: the fraction of masked positions where the copy was defined.
+
+    indices [B, N, T, L] int, mask [B, N, T] bool (True = masked), valid [B, T] bool or None (all real),
+    fallback [L] int, codebook_size K (default: from the codes; pass it to avoid a device sync)
+    -> {"spatial": [L], "frame": [L], "spatial_cover": [], "frame_cover": [], "n": []} float.
+    """
+    b, n, t, levels = indices.shape
+    dev = indices.device
+    if valid is None:
+        valid = torch.ones(b, t, dtype=torch.bool, device=dev)
+    visible = ~mask & valid[:, None, :]  # [B, N, T]
+    targets = indices[mask]  # [M, L]
+    m = targets.shape[0]
+    fallback = fallback.to(dev).long()
+    if m == 0:
+        zero = torch.zeros(levels, device=dev)
+        return {"spatial": zero, "frame": zero.clone(), "spatial_cover": torch.tensor(0.0), "frame_cover": torch.tensor(0.0),
+                "n": torch.tensor(0.0)}
+    # spatial: code histogram of the visible latents of each (sample, frame, level)
+    k = codebook_size or int(max(int(indices.max()) + 1, int(fallback.max()) + 1))
+    onehot_idx = indices.permute(0, 2, 3, 1)  # [B, T, L, N]
+    vis = visible.permute(0, 2, 1)[:, :, None, :].expand(b, t, levels, n).to(torch.float32)
+    hist = torch.zeros(b, t, levels, k, device=dev).scatter_add_(3, onehot_idx.long(), vis)  # [B, T, L, K]
+    majority = hist.argmax(-1)  # first max = smallest code on ties
+    has_vis = visible.any(1)  # [B, T]
+    bi, ni, ti = mask.nonzero(as_tuple=True)
+    spatial_pred = torch.where(has_vis[bi, ti][:, None], majority[bi, ti], fallback[None])
+    # frame: nearest visible frame of the same latent
+    pos = torch.arange(t, device=dev).expand(b, n, t)
+    prev = torch.where(visible, pos, torch.full_like(pos, -1)).cummax(dim=2).values  # last visible <= t
+    nxt = torch.where(visible, pos, torch.full_like(pos, t)).flip(2).cummin(dim=2).values.flip(2)  # first visible >= t
+    p, q = prev[bi, ni, ti], nxt[bi, ni, ti]
+    d_prev = torch.where(p >= 0, ti - p, torch.full_like(p, 10 * t + 10))
+    d_next = torch.where(q < t, q - ti, torch.full_like(q, 10 * t + 10))
+    has_frame = (p >= 0) | (q < t)
+    src = torch.where(d_prev <= d_next, p, q).clamp(0, t - 1)
+    frame_pred = torch.where(has_frame[:, None], indices[bi, ni, src], fallback[None])
+    return {
+        "spatial": (spatial_pred == targets).float().mean(0), "frame": (frame_pred == targets).float().mean(0),
+        "spatial_cover": has_vis[bi, ti].float().mean(), "frame_cover": has_frame.float().mean(),
+        "n": torch.tensor(float(m)),
+    }
 
 
 def unigram_floor_accuracy(counts: Tensor, targets: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from pretrain.model import (
     MaskedTokenModel,
     apply_rope,
     build_config,
+    copy_baselines,
     rope_tables,
     sample_mask,
     unigram_floor_accuracy,
@@ -59,6 +60,90 @@ def test_mask_is_fresh_per_sample_half_of_valid_positions_never_padding():
     assert not mask[5, :, 12:].any()
     assert len({tuple(m.flatten().tolist()) for m in mask[:5]}) == 5  # one fresh mask per sample
     assert not torch.equal(mask, sample_mask(valid, 16, 0.5, torch.Generator().manual_seed(4)))
+
+
+def _runs(frames: torch.Tensor) -> list[int]:
+    """Lengths of the runs of True in a 1-D bool tensor."""
+    out, n = [], 0
+    for v in frames.tolist() + [False]:
+        if v:
+            n += 1
+        elif n:
+            out.append(n)
+            n = 0
+    return out
+
+
+@pytest.mark.parametrize("mode", ["frames", "spans"])
+def test_frame_and_span_masks_hide_whole_frames_fresh_per_sample(mode):
+    valid = torch.ones(6, 40, dtype=torch.bool)
+    valid[5, 13:] = False
+    mask = sample_mask(valid, 16, 0.5, torch.Generator().manual_seed(3), mode=mode, span=4)
+    assert mask.shape == (6, 16, 40)
+    frames = mask[:, 0]
+    assert torch.equal(mask, frames[:, None].expand_as(mask))  # all latents of a frame together
+    assert frames.sum(1).tolist() == [20] * 5 + [6] and not frames[5, 13:].any()
+    assert len({tuple(f.tolist()) for f in frames[:5]}) == 5
+    runs = [_runs(f) for f in frames[:5]]
+    if mode == "spans":  # blocks of 4 from a random offset: at most 20 // 4 + 2 runs, mostly of 4 frames or more
+        assert all(len(r) <= 7 for r in runs) and sum(x for r in runs for x in r if x >= 4) >= 0.7 * 100
+    else:  # independent frames: many short runs
+        assert sum(len(r) for r in runs) / 5 > 7
+    assert sample_mask(valid[:, :1], 16, 0.5, mode=mode).sum().item() == 6 * 16  # a 1-frame sample still masks it
+    with pytest.raises(ValueError, match="mask mode"):
+        sample_mask(valid, 16, 0.5, mode="blocks")
+
+
+def _copy_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """2 samples x 3 latents x 4 frames x 2 levels; sample 1 has a padding frame 3 (see the test for the sums)."""
+    lv0 = torch.tensor([[1, 1, 5, 2], [1, 3, 5, 2], [2, 3, 6, 7]])
+    lv1 = torch.tensor([[0, 0, 0, 0], [9, 9, 9, 9], [9, 8, 8, 8]])
+    one = torch.stack([lv0, lv1], -1)  # [N, T, L]
+    indices = torch.stack([one, one])
+    mask = torch.zeros(2, 3, 4, dtype=torch.bool)
+    for n, t in ((0, 1), (2, 1), (0, 2), (1, 2), (2, 2), (1, 3)):
+        mask[0, n, t] = True
+    mask[1, 0, 1] = mask[1, 0, 2] = True
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    valid[1, 3] = False
+    return indices, mask, valid
+
+
+def test_copy_baselines_against_hand_computed_values():
+    indices, mask, valid = _copy_case()
+    out = copy_baselines(indices, mask, valid, fallback=torch.tensor([5, 9]))
+    # spatial (majority of the visible latents of the frame, smallest code on ties, else fallback (5, 9)):
+    #   sample 0: (0,1)->(3,9) vs (1,0) ww; (2,1)->(3,9) vs (3,8) rw; frame 2 all masked -> (5,9): (5,0) rw,
+    #   (5,9) rr, (6,8) ww; (1,3)->tie (2|7, 0|8)->(2,0) vs (2,9) rw. sample 1: (0,1)->(3, 8|9->8) vs (1,0) ww;
+    #   (0,2)->(5|6->5, 8|9->8) vs (5,0) rw.  level 0: 5/8, level 1: 1/8; defined at 5 of 8.
+    torch.testing.assert_close(out["spatial"], torch.tensor([5 / 8, 1 / 8]))
+    assert float(out["spatial_cover"]) == pytest.approx(5 / 8)
+    # frame copy (same latent, nearest visible frame, the previous one on ties, padding never visible):
+    #   sample 0: (0,1)<-t0 (1,0) rr; (2,1)<-t0 (2,9) vs (3,8) ww; (0,2)<-t3 (2,0) vs (5,0) wr; (1,2)<-t1 (3,9) vs
+    #   (5,9) wr; (2,2)<-t3 (7,8) vs (6,8) wr; (1,3)<-t1 (3,9) vs (2,9) wr. sample 1: (0,1) tie t0|t2 -> t0 (1,0) rr;
+    #   (0,2)<-t0 (t3 is padding) (1,0) vs (5,0) wr.  level 0: 2/8, level 1: 7/8.
+    torch.testing.assert_close(out["frame"], torch.tensor([2 / 8, 7 / 8]))
+    assert float(out["frame_cover"]) == 1.0 and float(out["n"]) == 8
+    # no visible frame of that latent at all -> the fallback
+    whole = torch.ones(1, 3, 4, dtype=torch.bool)
+    empty = copy_baselines(indices[:1], whole, None, fallback=torch.tensor([5, 9]))
+    torch.testing.assert_close(empty["frame"], (indices[0].flatten(0, 1) == torch.tensor([5, 9])).float().mean(0))
+    assert float(empty["frame_cover"]) == 0.0 and float(empty["spatial_cover"]) == 0.0
+
+
+def test_frame_masks_remove_the_spatial_copy_and_spans_weaken_the_frame_copy():
+    """Tokens whose 16 latents share a code per frame, with codes that change slowly in time: random masking lets
+    the spatial copy score 100%, whole frames take that away, and spans also push the frame copy down."""
+    g = torch.Generator().manual_seed(0)
+    per_frame = torch.randint(0, 50, (8, 40 // 4), generator=g).repeat_interleave(4, dim=1)  # a new code every 4 frames
+    indices = per_frame[:, None, :, None].expand(8, 16, 40, 2).clone()
+    valid = torch.ones(8, 40, dtype=torch.bool)
+    fallback = torch.tensor([0, 0])
+    acc = {m: copy_baselines(indices, sample_mask(valid, 16, 0.5, torch.Generator().manual_seed(1), mode=m, span=4), valid, fallback)
+           for m in ("random", "frames", "spans")}
+    assert float(acc["random"]["spatial"][0]) == 1.0
+    assert float(acc["frames"]["spatial_cover"]) == 0.0 and float(acc["spans"]["spatial_cover"]) == 0.0
+    assert float(acc["spans"]["frame"][0]) < float(acc["frames"]["frame"][0]) - 0.1
 
 
 def test_masked_positions_and_padding_frames_are_hidden_from_the_model():
@@ -114,6 +199,28 @@ def test_presets_have_the_published_sizes():
         build_config("huge", **SIZES)
     with pytest.raises(ValueError, match="unknown field"):
         build_config("test", {"width": 3}, **SIZES)
+
+
+def test_module_step_logs_the_copy_baselines_beside_the_floor(tmp_path):
+    torch.manual_seed(0)
+    save_package(BrainTokenizer(TokenizerConfig.tiny()), tmp_path / "pkg")
+    module = PretrainModule(str(tmp_path / "pkg"), preset="test", mask_mode="frames")
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
+    g = torch.Generator().manual_seed(0)
+    batch = {"indices": torch.randint(0, 4, (2, 16, 16, 4), generator=g), "valid": torch.ones(2, 16, dtype=torch.bool)}
+    module.code_counts[:, 2] = 5  # floor code 2 on every level
+    module._step(batch, 0, "val")
+    mask = module._mask(batch, 0, 1)
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))  # mask_mode reaches the sampler
+    expected = copy_baselines(batch["indices"], mask, batch["valid"], torch.full((4,), 2))
+    for lv in range(4):
+        assert logged[f"val/spatial_acc_l{lv}"] == pytest.approx(float(expected["spatial"][lv]))
+        assert logged[f"val/framecopy_acc_l{lv}"] == pytest.approx(float(expected["frame"][lv]))
+        assert f"val/floor_acc_l{lv}" in logged and f"val/acc_l{lv}" in logged
+    assert logged["val/spatial_cover"] == 0.0 and logged["val/framecopy_cover"] == 1.0
+    with pytest.raises(ValueError, match="mask_mode"):
+        PretrainModule(str(tmp_path / "pkg"), preset="test", mask_mode="blocks")
 
 
 def test_module_loads_frozen_codebooks_and_excludes_norms_from_weight_decay(tmp_path):
