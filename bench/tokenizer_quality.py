@@ -469,8 +469,6 @@ def main(argv: list[str] | None = None) -> int:
 
     usage = [metrics.get(f"usage_l{lv}", float("nan")) for lv in range(levels)]
     chcorr_gap = abs(metrics.get("chcorr_recon", float("nan")) - metrics.get("chcorr_orig", float("nan")))
-    eeg_bits = held_groups.get("EEG-only windows", {}).get("bits_per_channel_second")
-    meg_bits = held_groups.get("windows with MEG", {}).get("bits_per_channel_second")
     checks = [
         ("PCC on EEG (held-out)", metrics.get("eeg/pcc"), f">= {AIM_PCC}", (metrics.get("eeg/pcc") or 0) >= AIM_PCC),
         ("PCC on EEG channels with a position", metrics.get("eeg/pcc_position_known"), f">= {AIM_PCC}",

@@ -259,7 +259,6 @@ _RESULT_QUEUE = 16  # batches in flight: bounds the parent's memory whatever the
 def _worker_main(wid: int, tasks, results, started: float) -> None:
     import multiprocessing as mp
     import queue
-
     import sys
 
     results.put(("ready", wid, (time.time() - started, "torch" in sys.modules)))

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.losses import channel_rms
 from tokenizer.layers import (
     CrossAttentionBlock,
     FeedForward,
@@ -26,6 +25,7 @@ from tokenizer.layers import (
     orthogonal_rows,
     scatter_channels,
 )
+from tokenizer.losses import channel_rms
 
 
 class MultiScaleTemporalEncoder(nn.Module):
