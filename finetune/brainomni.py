@@ -81,22 +81,23 @@ class BrainOmniClassifier(nn.Module):
         return x, brainomni_positions(types, positions, orientations, channel_mask), types.clamp(0, 2)
 
     def tokenize(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                 channel_mask: Tensor | None = None) -> Tensor:
+                 channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         """-> indices [B, n_latent, frames, levels] of non-overlapping 2 s windows (a tail under 2 s is dropped,
         an input under 2 s is zero-padded)."""
         x, pos, st = self.brainomni_inputs(signal, types, positions, orientations, channel_mask)
         return self.tokenizer.tokenize(x, pos, st, 0.0, channel_mask)[1]
 
     def features(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                 channel_mask: Tensor | None = None) -> Tensor:
-        """-> BrainOmni's downstream features [B, n_latent, W, lm_dim]."""
+                 channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
+        """-> BrainOmni's downstream features [B, n_latent, W, lm_dim]. BrainOmni has no use for ``channel_ids``
+        (its sensor embedding sees only position, orientation and type)."""
         x, pos, st = self.brainomni_inputs(signal, types, positions, orientations, channel_mask)
         with torch.no_grad():
             feats, _ = self.tokenizer.tokenize(x, pos, st, self.backbone.config.overlap_ratio, channel_mask)
         return self.backbone.encode(feats, self.tokenizer.latents)
 
     def forward(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,
-                channel_mask: Tensor | None = None) -> Tensor:
+                channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         return self.head(self.features(signal, types, positions, orientations, channel_mask))
 
     # --- training modes ---------------------------------------------------------------------------
