@@ -548,11 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         "replaced by a random batch vector; median): "
         + ", ".join(f"L{lv}: {d} of {k}, median {med:.2f}" for lv, (k, d, med) in enumerate(dead))
         + f". Held-out usage per level: {' / '.join(f'{u:.0%}' for u in usage)}; the held-out set has "
-        f"{metrics.get('n_windows')} windows x {cfg['n_latent']} latents x {cfg['window_samples'] // math.prod(cfg['conv_strides'])} "
-        f"frames = {metrics.get('n_windows', 0) * cfg['n_latent'] * (cfg['window_samples'] // math.prod(cfg['conv_strides'])):,} "
+        f"{metrics.get('n_windows')} windows x {cfg['n_latent']} latents x {cfg['window_samples'] // cfg['hop']} "
+        f"frames = {metrics.get('n_windows', 0) * cfg['n_latent'] * (cfg['window_samples'] // cfg['hop']):,} "
         f"vectors per level for {cfg['codebook_size']} codes. MEG alone ({held_groups.get('windows with MEG', {}).get('windows', 0)} windows) "
         "cannot show high usage whatever the model does.",
-        f"- **Bits.** A window always costs {cfg['n_latent']} x {cfg['window_samples'] // math.prod(cfg['conv_strides'])} x {levels} x "
+        f"- **Bits.** A window always costs {cfg['n_latent']} x {cfg['window_samples'] // cfg['hop']} x {levels} x "
         f"log2({cfg['codebook_size']}) = {tokens_bits:,.0f} bits per {window_s:g} s, whatever its channel count, so bits per "
         f"channel-second = {tokens_bits / window_s:,.0f} / C. Held-out recordings: "
         + ", ".join(f"`{os.path.relpath(r['path'], RECORDINGS)}` {n} ch -> {tokens_bits / window_s / n:.0f}"
