@@ -291,7 +291,7 @@ def test_non_loopback_bind_needs_keys_or_allow_anonymous(tmp_path):
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert Settings(registry=tmp_path, host=host).host == host
     p = subprocess.run([sys.executable, "-m", "serve", "--registry", str(tmp_path), "--host", "0.0.0.0"],
-                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+                       capture_output=True, text=True, timeout=180, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode != 0 and "--allow-anonymous" in p.stderr
 
 
