@@ -71,7 +71,8 @@ class ServerThread:
 
 def v2_body(x: np.ndarray, names: list[str], sfreq: float, **params) -> dict:
     """An Open Inference Protocol v2 request for ``x`` [C, T] or [N, C, T] (volts)."""
-    return {"id": "req-1", "inputs": [{"name": "signal", "shape": list(x.shape), "datatype": "FP32",
+    name = "epochs" if np.ndim(x) == 3 else "signal"  # the protocol's inputs: signal [C, T], epochs [N, C, T]
+    return {"id": "req-1", "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
                                        "data": np.asarray(x, np.float32).ravel().tolist()}],
             "parameters": {"sfreq": sfreq, "channel_names": names, **params}}
 

@@ -391,7 +391,8 @@ def test_shared_task_files_match_their_readme(shared_tasks: Path):
     scp = load_task(shared_tasks / "self_regulation_scp1-epo.fif")
     assert (scp.splits.count("train"), scp.splits.count("test")) == (268, 293)
     assert scp.classes == ["negativity", "positivity"] and scp.preprocessing.window_samples == 896  # 3.5 s
-    assert scp.items[0]["signal"].shape == (6, 896) and np.isnan(scp.items[0]["positions"]).all()  # no positions
+    assert scp.items[0]["signal"].shape == (6, 896) and np.isfinite(scp.items[0]["positions"]).all()  # positions from the labels
+    assert len({tuple(p) for p in scp.items[0]["positions"].round(4)}) == 6  # A1-Cz, A2-Cz bipolar; C3/C4 offsets
     sp = make_splits(scp, seed=0)
     assert sorted(sp["test"].tolist()) == [i for i, s in enumerate(scp.splits) if s == "test"]
 

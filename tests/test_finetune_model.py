@@ -160,7 +160,7 @@ def test_package_predicts_exactly_like_the_run_checkpoint(model_registry):
 
     b = WindowCollator()(items)
     with torch.no_grad():
-        ref = torch.softmax(model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"]), -1).numpy()
+        ref = torch.softmax(model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"], b["channel_ids"]), -1).numpy()
     assert probs.shape == (len(items), 2) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, ref, atol=1e-5)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -349,7 +349,7 @@ def test_lora_adapters_are_merged_on_export(model_registry, tmp_path):
     items = predictor.prepare_raw(open_raw(FIXTURES / "test.edf"), "edf").items[:2]
     b = predictor._collate(items)
     with torch.no_grad():
-        ref = torch.softmax(model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"]), -1)
+        ref = torch.softmax(model(b["signal"], b["types"], b["positions"], b["orientations"], b["channel_mask"], b["channel_ids"]), -1)
         plain = model.backbone.blocks[0].spatial.qkv.base_layer.weight
     np.testing.assert_allclose(predictor.predict_items(items), ref.numpy(), atol=1e-5)
     assert not torch.allclose(package.model.backbone.blocks[0].spatial.qkv.weight, plain)  # the adapter was merged in

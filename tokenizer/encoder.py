@@ -126,7 +126,9 @@ class ChannelCompressor(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
         self.latents = nn.Parameter(orthogonal_rows(cfg.n_latent, cfg.d_model))
-        self.cross = CrossAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult, add_query=False, sharpness=8.0)
+        self.cross = CrossAttentionBlock(
+            cfg.d_model, cfg.n_heads, cfg.ffn_mult, add_query=False, sharpness=8.0, separate_keys=True
+        )
         self.mixers = nn.ModuleList(
             SelfAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult) for _ in range(cfg.n_latent_layers)
         )

@@ -60,25 +60,29 @@ class CrossAttention(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Pre-norm cross-attention plus feed-forward.
 
-    queries: [N, Q, D], context: [N, K, D], key_mask: [N, K] bool (True = attend), optional keys [N, K, D]
-    (else the context) -> [N, Q, D]. With ``add_query`` (default) the queries are added back (residual);
+    queries: [N, Q, D], context: [N, K, D], key_mask: [N, K] bool (True = attend), keys [N, K, D] (only with
+    ``separate_keys``; else the context gives the keys) -> [N, Q, D]. With ``add_query`` (default) the queries are added back (residual);
     without it the output is the attended content alone.
     """
 
     def __init__(
-        self, dim: int, n_heads: int, ffn_mult: int, add_query: bool = True, sharpness: float | None = None
+        self, dim: int, n_heads: int, ffn_mult: int, add_query: bool = True, sharpness: float | None = None,
+        separate_keys: bool = False,
     ) -> None:
         super().__init__()
         self.add_query = add_query
         self.norm_q = nn.RMSNorm(dim)
         self.norm_kv = nn.RMSNorm(dim)
-        self.norm_k = nn.RMSNorm(dim)
+        # only a block that is given separate keys has their norm (an unused parameter would stop DDP)
+        self.norm_k = nn.RMSNorm(dim) if separate_keys else None
         self.attn = CrossAttention(dim, n_heads, sharpness)
         self.ffn = FeedForward(dim, ffn_mult)
 
     def forward(
         self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None, keys: Tensor | None = None
     ) -> Tensor:
+        if (keys is None) != (self.norm_k is None):
+            raise ValueError("CrossAttentionBlock: give keys exactly when built with separate_keys=True")
         keys = None if keys is None else self.norm_k(keys)
         x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys)
         return self.ffn(queries + x if self.add_query else x)
