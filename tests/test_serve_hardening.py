@@ -261,6 +261,7 @@ def test_responses_conform_to_the_open_inference_protocol(hsrv, hclient):
     # what is declared is what is accepted: [C, T] as signal, [N, C, T] as epochs, orientations
     ep = np.stack([x, x])
     bad = v2_body(ep, names, 256.0)
+    bad["inputs"][0]["name"] = "signal"  # a 3-D signal: v2_body itself names [N, C, T] 'epochs'
     r = hclient.post(f"/v2/models/{m}/infer", json=bad)
     assert r.status_code == 400 and "'epochs'" in ErrorResponse.model_validate_json(r.content).error
     bad["inputs"][0]["name"] = "epochs"
