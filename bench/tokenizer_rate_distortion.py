@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ def run_point(out: Path, train_shards: Path, held_shards: Path, n_latent: int, l
     """fit -> export -> eval for one (N_latent, levels); returns the eval metrics with wall times."""
     run, pkg, ev = out / f"run_n{n_latent}_l{levels}", out / f"pkg_n{n_latent}_l{levels}", out / f"eval_n{n_latent}_l{levels}.json"
     overrides = json.dumps({"n_latent": n_latent, "rvq_levels": levels})
+    if run.exists():
+        shutil.rmtree(run)  # a stale checkpoints/last.ckpt would be what `export` picks up
     fit = tq.Step(f"fit N_latent={n_latent} L={levels}", [
         "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml", "--data.train", tq.rel(train_shards),
         "--trainer.default_root_dir", tq.rel(run), "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
