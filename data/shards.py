@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_directory, content_hash, write_json_atomic
+from .atomic import atomic_directory, content_hash, process_alive, write_json_atomic
 from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError, UnsafeShardError
 from .preprocess import PreprocessingSpec, RecordingPipeline
 from .readers import RecordingSource, discover, integrity_notes
@@ -121,16 +121,6 @@ class _Job:
 _WATCHED: set[int] = set()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _die_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
     """In a litdata worker process: exit as soon as the prepare process that started it is gone (killed with -9,
     it cannot stop its workers itself; they would run on as orphans). A daemon thread polls the parent pid."""
@@ -140,7 +130,7 @@ def _die_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
 
     def watch() -> None:
         # the prepare process need not be the direct parent (forkserver workers are the server's children)
-        while _alive(parent_pid):
+        while process_alive(parent_pid):
             time.sleep(interval_s)
         log.error("prepare process %d is gone: worker %d exits", parent_pid, os.getpid())
         os._exit(1)

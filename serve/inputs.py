@@ -27,6 +27,7 @@ from typing import Any
 import mne
 import numpy as np
 
+from data.atomic import process_alive
 from serve.errors import BadInput, LimitExceeded, PayloadTooLarge
 
 MAX_ZIP_MEMBERS = 64
@@ -149,16 +150,6 @@ def request_tmpdir(base: Path | None = None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_uploads(base: Path | None = None, legacy_age_s: float = 3600.0) -> list[str]:
     """Remove upload folders whose server process is gone (killed with -9 mid-request); returns their names.
     Folders of the older naming (no pid) are removed once older than ``legacy_age_s``."""
@@ -173,7 +164,7 @@ def sweep_stale_uploads(base: Path | None = None, legacy_age_s: float = 3600.0) 
             continue
         m = re.match(rf"^{UPLOAD_PREFIX}(\d+)-", p.name)
         try:
-            stale = not _alive(int(m.group(1))) if m else time.time() - p.stat().st_mtime > legacy_age_s
+            stale = not process_alive(int(m.group(1))) if m else time.time() - p.stat().st_mtime > legacy_age_s
         except OSError:
             continue
         if stale:
