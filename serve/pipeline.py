@@ -207,6 +207,15 @@ def _check_signal_shape(settings: Settings, x: np.ndarray) -> None:
         raise LimitExceeded(f"signal: {x.shape[-2]} channels exceed the limit of {settings.max_channels}")
 
 
+def _timed_prepare(predictor, settings: Settings, raw, name: str, t0: float, timings: dict | None):
+    """`_prepare`, recording in ``timings`` (when given) ``parse`` = from ``t0`` until now and ``preprocess``."""
+    t1 = time.perf_counter()
+    windows = _prepare(predictor, settings, raw, name)
+    if timings is not None:
+        timings.update(parse=t1 - t0, preprocess=time.perf_counter() - t1)
+    return windows
+
+
 @guarded
 def prepare_v2(predictor, settings: Settings, body: bytes, header_length: int | None = None,
                timings: dict | None = None):
@@ -233,10 +242,7 @@ def prepare_v2(predictor, settings: Settings, body: bytes, header_length: int | 
     x = check_signal(tensors["signal"], "input 'signal'")
     info = cached_info(names, types, float(sfreq), tensors.get("positions"), tensors.get("orientations"))
     name = str(params.get("recording") or req.id or "signal")[:256]
-    t1 = time.perf_counter()
-    windows = _prepare(predictor, settings, mne_input(x, info), name)
-    if timings is not None:
-        timings.update(parse=t1 - t0, preprocess=time.perf_counter() - t1)
+    windows = _timed_prepare(predictor, settings, mne_input(x, info), name, t0, timings)
     return windows, req
 
 
@@ -272,10 +278,7 @@ def prepare_raw_body(predictor, settings: Settings, body: bytes, query: dict[str
     info = cached_info(names, types, sfreq)
     req = InferRequest.model_construct(id=query.get("id"), parameters={"sfreq": sfreq}, inputs=[], outputs=None)
     name = str(query.get("recording") or query.get("id") or "signal")[:256]
-    t1 = time.perf_counter()
-    windows = _prepare(predictor, settings, mne_input(x, info), name)
-    if timings is not None:
-        timings.update(parse=t1 - t0, preprocess=time.perf_counter() - t1)
+    windows = _timed_prepare(predictor, settings, mne_input(x, info), name, t0, timings)
     return windows, req
 
 
@@ -290,10 +293,7 @@ def prepare_json(predictor, settings: Settings, body: bytes, timings: dict | Non
     x = check_signal(x, "signal")
     pos = np.asarray(rec.positions, dtype=np.float64) if rec.positions is not None else None
     info = make_info(rec.channel_names, rec.channel_types, rec.sfreq, pos)
-    t1 = time.perf_counter()
-    windows = _prepare(predictor, settings, mne_input(x, info), rec.name)
-    if timings is not None:
-        timings.update(parse=t1 - t0, preprocess=time.perf_counter() - t1)
+    windows = _timed_prepare(predictor, settings, mne_input(x, info), rec.name, t0, timings)
     return windows, rec
 
 
@@ -328,8 +328,5 @@ def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj:
         else:
             path = target
         raw = open_raw(path, preload=False)
-        t1 = time.perf_counter()
-        windows = _prepare(predictor, settings, raw, Path(name).name)
-        if timings is not None:
-            timings.update(parse=t1 - t0, preprocess=time.perf_counter() - t1)
+        windows = _timed_prepare(predictor, settings, raw, Path(name).name, t0, timings)
         return windows
