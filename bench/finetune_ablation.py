@@ -54,7 +54,9 @@ import os
 import shlex
 import statistics
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +296,7 @@ def report(state: dict, results: Path) -> Path:
     sections.append(("Budget (the same for every arm)", _common.table(["", "value"], [
         ["max epochs", a["max_epochs"]], ["early stopping", f"patience {a['patience']} validation epochs on val/selection"],
         ["hard cap on training time per fit", a["max_time"]], ["warm-up steps", a["warmup"]],
-        ["threads per fit", a["threads"]], ["foundation mode", a["mode"]],
+        ["threads per fit", a["threads"]], ["fits side by side", a.get("jobs", 1)], ["foundation mode", a["mode"]],
         ["foundation extra options", f"`{a['foundation_args']}`" if a.get("foundation_args") else "-"],
         *[[f"variant `{v}` (arms pretrained+{v}, random+{v})", f"`{o}`"] for v, o in variants.items()]])
         + "\n\nEverything else is `finetune/configs/full.yaml`'s: batch 32, AdamW, cosine decay after the warm-up, "
@@ -336,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", default=None, help="hard cap per fit DD:HH:MM:SS (default 00:00:15:00; --quick 00:00:01:00)")
     p.add_argument("--warmup", type=int, default=10, help="lr warm-up steps, every arm (default 10, the config's)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per fit (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="fits run side by side, each with --threads threads (default 1)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, the motor set; writes under runs/bench only")
     p.add_argument("--label", default="", help="a line printed at the top of the report (e.g. 'old tokenizer')")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/finetune_ablation[_quick])")
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     a.variants = parse_variants(a.variant)
     arms = arm_list(a.arms, a.variants)
     budget = {"max_epochs": a.max_epochs, "patience": a.patience, "max_time": a.max_time, "warmup": a.warmup,
-              "threads": a.threads, "mode": a.mode, "foundation_args": a.foundation_args}
+              "threads": a.threads, "jobs": a.jobs, "mode": a.mode, "foundation_args": a.foundation_args}
     plan = [(name, arm, seed) for seed in a.seeds for name in a.sets for arm in arms]
     out.mkdir(parents=True, exist_ok=True)
     state = {"command": _common.command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": q,
@@ -377,12 +380,18 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = {name: set_path(name, out) for name in a.sets}
     t0 = time.perf_counter()
-    for name, arm, seed in plan:
-        if (name, arm, seed) in done:
-            continue
-        state["records"].append(run_fit(name, paths[name], arm, seed, out, a))
-        write_json_atomic(out / "records.json", state)
-        report(state, results)
+    lock = threading.Lock()
+
+    def fit_and_record(job: tuple[str, str, int]) -> None:
+        rec = run_fit(job[0], paths[job[0]], job[1], job[2], out, a)
+        with lock:
+            state["records"].append(rec)
+            write_json_atomic(out / "records.json", state)
+            report(state, results)
+
+    # each fit is its own process with --threads threads; --jobs of them run side by side
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        list(pool.map(fit_and_record, [job for job in plan if job not in done]))
     state["complete"] = len([r for r in state["records"] if "test" in r]) == len(plan)
     state["total_wall_s"] = time.perf_counter() - t0
     write_json_atomic(out / "records.json", state)

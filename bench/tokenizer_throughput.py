@@ -22,7 +22,7 @@ It measures, in one run, and prints a table and writes ``bench/results/tokenizer
    settings; the brief asked for LaBraM forward+backward, the optimizer step is added on both sides so
    that the comparison is like for like).
 3. (not with --quick) Where our time goes: wall time per stage of `BrainTokenizer.encode` (sensor
-   encoder, temporal conv branches, STFT path, per-channel encoder, latent cross-attention, RVQ),
+   encoder, multi-scale temporal patches, STFT path, per-channel encoder, latent cross-attention, RVQ),
    measured with forward hooks over the same number of repetitions (presets interleaved); and the operators that take the
    most CPU time in one training step of ``small`` (torch.profiler; convolutions grouped by shape, so
    that a row can be traced to its layer).
@@ -202,9 +202,16 @@ def labram_train_fn(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -
 # Where the encode time goes
 
 
+#: encode throughput ours / LaBraM on main at 6fa36db (bench/results/tokenizer_throughput.md of 2026-11-25, same command)
+BEFORE_CHANGE = {("small", "LaBraM 512@256 Hz, patch 256"): 2.42, ("small", "LaBraM-Base 400@200 Hz, patch 200"): 1.63,
+                 ("base", "LaBraM 512@256 Hz, patch 256"): 0.82, ("base", "LaBraM-Base 400@200 Hz, patch 200"): 0.55}
+MAX_ENCODE_DROP = 0.20
+BEFORE_TEXT = ("The run before the change (6fa36db, 2026-11-25, another CPU) measured the same ratios; LaBraM's code did "
+               "not change, so a ratio that falls by more than 20% means our encode slowed by more than 20%.")
+
 STAGES = {
     "sensor encoder": "sensor_encoder",
-    "temporal conv branches": "encoder.channel_encoder.temporal",
+    "multi-scale temporal patches": "encoder.channel_encoder.temporal",
     "STFT motif path": "encoder.channel_encoder.spectral",
     "per-channel encoder (all)": "encoder.channel_encoder",
     "latent cross-attention + mixers": "encoder.compressor",
@@ -353,6 +360,16 @@ def main(argv: list[str] | None = None) -> int:
             ratio_rows.append([preset, peer, f"{enc:.2f}x", "met" if enc >= AIM_ENCODE_RATIO else "MISSED", f"{trn:.2f}x"])
             verdicts.append(enc >= AIM_ENCODE_RATIO)
 
+    # the guard: encode throughput may drop at most 20% against the tokenizer before the informative-token
+    # change; the CPU differs between runs, so the yardstick is the same-run ratio to LaBraM
+    change_rows = []
+    for r in ratio_rows:
+        before = BEFORE_CHANGE.get((r[0], r[1]))
+        if before:
+            now = float(r[2].rstrip("x"))
+            change_rows.append([r[0], r[1], f"{before:.2f}x", r[2], f"{now / before - 1:+.0%}",
+                                "met" if now >= (1 - MAX_ENCODE_DROP) * before else "MISSED"])
+
     h_inf = ["side", "parameters", "median ms / batch", "min - max ms", "channel-s / s", "windows / s"]
     h_trn = ["side", "parameters", "median ms / step", "min - max ms", "channel-s / s trained"]
     h_rat = ["ours", "peer", "encode throughput ours / peer", f"aim >= {AIM_ENCODE_RATIO:g}x", "train step speed ours / peer"]
@@ -381,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{r[0]} vs {r[1]}: {r[2]}' for r in ratio_rows)}). "
         "Training step speed ours / LaBraM: "
         + ", ".join(f"{r[0]} vs {r[1]}: {r[4]}" for r in ratio_rows) + "."
+        + (" Encode ratio against the tokenizer before the informative-token change (6fa36db): "
+           + ", ".join(f"{r[0]} vs {r[1]}: {r[4]} ({r[5]})" for r in change_rows) + "." if change_rows else "")
     )
     sections = [
         ("Summary", summary),
@@ -396,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         ("Training step (forward + backward + AdamW step)", _common.table(h_trn, train_rows)),
         ("Ratios and aim", _common.table(h_rat, ratio_rows)),
     ]
+    if change_rows:
+        sections.append(("Against the tokenizer before the informative-token change", BEFORE_TEXT + "\n\n" + _common.table(
+            ["ours", "peer", "ratio before (6fa36db)", "ratio now", "change", f"drop <= {MAX_ENCODE_DROP:.0%}"], change_rows)))
     if stage_text:
         sections.append(("Where our encode time goes", stage_text.strip() + "\n\nStages nest: the temporal and STFT "
                          "paths are inside the per-channel encoder, the library call inside the RVQ row. "

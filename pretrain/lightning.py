@@ -109,6 +109,8 @@ class PretrainModule(L.LightningModule):
         mask_seed: seed of the per-step mask generator.
         prior_init: on a fresh ``fit``, start the head at the unigram predictor of the training tokens
             (`MaskedTokenModel.init_head_prior`, counted on up to ``prior_windows`` evenly spaced windows).
+        regression_weight: weight of a second target, the cosine between a regression head's output and the masked
+            positions' codebook-space latents (`MaskedTokenModel.regress`); 0 = cross-entropy on the codes only.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class PretrainModule(L.LightningModule):
         mask_seed: int = 0,
         prior_init: bool = True,
         prior_windows: int = 2048,
+        regression_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,8 +142,12 @@ class PretrainModule(L.LightningModule):
             raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
         if mask_span < 1:
             raise ValueError(f"mask_span {mask_span} must be >= 1 frame")
+        if regression_weight < 0:
+            raise ValueError(f"regression_weight {regression_weight} must be >= 0")
         codebooks, sizes = load_tokenizer_codebooks(tokenizer)
-        self.config = build_config(preset, {**(overrides or {}), "embedding": embedding}, **sizes)
+        self.config = build_config(
+            preset, {**(overrides or {}), "embedding": embedding, "regression_head": regression_weight > 0}, **sizes
+        )
         self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
         self.tokenizer_facts = tokenizer_facts(tokenizer)
         # code histogram of the training tokens seen so far (floor predictor); saved in checkpoints. Under
@@ -172,13 +179,19 @@ class PretrainModule(L.LightningModule):
     def _step(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
         indices, valid = batch["indices"], batch["valid"]
         mask = self._mask(batch, batch_idx, 0 if stage == "train" else 1)
-        logits = self.model(indices, mask, valid)  # [M, L, K]
+        hidden = self.model.encode(indices, mask, valid)[mask]  # [M, D]
+        logits = self.model.logits(hidden)  # [M, L, K]
         targets = indices[mask]  # [M, L]
         levels = self.config.rvq_levels
         ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(-1, levels)
         loss = ce.mean()
         b = indices.shape[0]
         sync = stage != "train"
+        if self.config.regression_head:
+            target_latents = self.model.latents(targets).float()
+            cos = F.cosine_similarity(self.model.regress(hidden).float(), target_latents, dim=-1).mean()
+            loss = loss + self.hparams.regression_weight * (1 - cos)
+            self.log(f"{stage}/latent_cos", cos, batch_size=b, sync_dist=sync)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=b, sync_dist=sync)
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean(0)
@@ -190,6 +203,9 @@ class PretrainModule(L.LightningModule):
                 self.log(f"{stage}/floor_acc_l{lvl}", floor[lvl], batch_size=b, sync_dist=sync)
                 self.log(f"{stage}/spatial_acc_l{lvl}", copies["spatial"][lvl], batch_size=b, sync_dist=sync)
                 self.log(f"{stage}/framecopy_acc_l{lvl}", copies["frame"][lvl], batch_size=b, sync_dist=sync)
+            if self.config.regression_head and "frame_codes" in copies:
+                copy_cos = F.cosine_similarity(self.model.latents(copies["frame_codes"]).float(), target_latents, dim=-1)
+                self.log(f"{stage}/latent_cos_framecopy", copy_cos.mean(), batch_size=b, sync_dist=sync)
             self.log(f"{stage}/spatial_cover", copies["spatial_cover"], batch_size=b, sync_dist=sync)
             self.log(f"{stage}/framecopy_cover", copies["frame_cover"], batch_size=b, sync_dist=sync)
             if stage == "train":

@@ -41,6 +41,7 @@ class BackboneConfig:
     rvq_levels: int = 4
     codebook_size: int = 1024
     codebook_dim: int = 128
+    regression_head: bool = False  # a head that predicts masked positions' codebook-space latents (see `regress`)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
@@ -166,6 +167,10 @@ class MaskedTokenModel(nn.Module):
         self.blocks = nn.ModuleList(FactorisedBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, L_ * K)
+        if cfg.regression_head:
+            if cfg.embedding != "codebook":
+                raise ValueError("BackboneConfig: regression_head needs embedding 'codebook' (its targets are codebook vectors)")
+            self.regress_head = nn.Linear(d, cfg.codebook_dim)
 
     def embed(self, indices: Tensor) -> Tensor:
         """indices [B, N, T, L] -> [B, N, T, D]."""
@@ -218,6 +223,19 @@ class MaskedTokenModel(nn.Module):
     def forward(self, indices: Tensor, mask: Tensor, valid: Tensor | None = None) -> Tensor:
         """Logits [M, L, K] at the M masked positions (in ``mask.nonzero()`` order)."""
         return self.logits(self.encode(indices, mask, valid)[mask])
+
+    def latents(self, indices: Tensor) -> Tensor:
+        """The quantised latents in codebook space: indices [..., L] -> level sum of codebook vectors [..., codebook_dim]."""
+        levels = torch.arange(self.config.rvq_levels, device=indices.device)
+        return self.codebooks[levels, indices].sum(-2)
+
+    def regress(self, hidden: Tensor) -> Tensor:
+        """hidden [..., D] -> predicted codebook-space latent [..., codebook_dim] (needs ``regression_head``).
+
+        Exact codes of an informative tokenizer are near-uniform (perplexity ~500 of 1,024 per level) and nearly
+        independent from frame to frame, so the cross-entropy alone gives the backbone little to learn from; the
+        latent they sum to varies smoothly, and regressing it (cosine) is a dense target."""
+        return self.regress_head(hidden)
 
 
 MASK_MODES = ("random", "frames", "spans")
@@ -294,7 +312,8 @@ def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback
 
     indices [B, N, T, L] int, mask [B, N, T] bool (True = masked), valid [B, T] bool or None (all real),
     fallback [L] int, codebook_size K (default: from the codes; pass it to avoid a device sync)
-    -> {"spatial": [L], "frame": [L], "spatial_cover": [], "frame_cover": [], "n": []} float.
+    -> {"spatial": [L], "frame": [L], "spatial_cover": [], "frame_cover": [], "n": []} float, and "frame_codes"
+    [M, L] (the frame copy's predicted codes; absent when nothing is masked).
     """
     b, n, t, levels = indices.shape
     dev = indices.device
@@ -330,7 +349,7 @@ def copy_baselines(indices: Tensor, mask: Tensor, valid: Tensor | None, fallback
     return {
         "spatial": (spatial_pred == targets).float().mean(0), "frame": (frame_pred == targets).float().mean(0),
         "spatial_cover": has_vis[bi, ti].float().mean(), "frame_cover": has_frame.float().mean(),
-        "n": torch.tensor(float(m)),
+        "n": torch.tensor(float(m)), "frame_codes": frame_pred,
     }
 
 

@@ -59,7 +59,7 @@ def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> Pat
         "tokenizer": tok,
         "training": {"checkpoint": str(ckpt), "global_step": state.get("global_step"), "epoch": state.get("epoch"),
                      "mask_ratio": hp.get("mask_ratio"), "mask_mode": hp.get("mask_mode", "random"),
-                     "mask_span": hp.get("mask_span")},
+                     "mask_span": hp.get("mask_span"), "regression_weight": hp.get("regression_weight", 0.0)},
     }
     with atomic_directory(out, overwrite) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE),
