@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
          "the same masked positions, a copy that is undefined falls back to the unigram code):\n\n"
          + (_common.table(["level", "model", "unigram floor", "spatial copy", "frame copy", "verdict"], rows) if rows else "(no validation metrics)")
          + (f"\n\nCopies defined at {val.get('spatial_cover', float('nan')):.0%} (spatial) / {val.get('framecopy_cover', float('nan')):.0%} "
-            "(frame) of the masked positions." if val else "")),
+            "(frame) of the masked positions." if val else "")
+         + (f"\n\nRegression target (`--model.regression_weight`): cosine between the predicted and the true codebook-space "
+            f"latent of the masked positions **{val['latent_cos']:.3f}**, against {val.get('latent_cos_framecopy', float('nan')):.3f} "
+            "for copying the nearest visible frame's latent." if "latent_cos" in val else "")),
         ("What it does", WHAT),
         ("Steps (wall time, peak RSS of the largest process)", "\n\n".join(
             f"{s.name}: {s.wall_s / 60:.1f} min, {_common.fmt_mb(s.peak_rss)}\n\n```\n{s.command}\n```" for s in log)),

@@ -129,9 +129,7 @@ class FoundationClassifier(nn.Module):
         self.tokenizer = BrainTokenizer(tokenizer_config)
         self.backbone = MaskedTokenModel(backbone_config)
         self.head = PoolingHead(backbone_config.d_model, head_config)
-        # never trained here: the codebooks (frozen in pretraining too) and the masked-token prediction head
-        self.backbone.codebooks.requires_grad_(False)
-        self.backbone.head.requires_grad_(False)
+        self.backbone.freeze_pretraining_parts()  # codebooks and prediction heads: never trained here
         self.tokenizer.eval()
 
     def config_dict(self) -> dict[str, Any]:
@@ -185,8 +183,7 @@ class FoundationClassifier(nn.Module):
         self.head.requires_grad_(True)
         if mode == "full":
             self.backbone.requires_grad_(True)
-            self.backbone.codebooks.requires_grad_(False)
-            self.backbone.head.requires_grad_(False)
+            self.backbone.freeze_pretraining_parts()
             if train_tokenizer and self.input == "latents":
                 self.tokenizer.sensor_encoder.requires_grad_(True)
                 self.tokenizer.encoder.requires_grad_(True)

@@ -224,6 +224,15 @@ class MaskedTokenModel(nn.Module):
         """Logits [M, L, K] at the M masked positions (in ``mask.nonzero()`` order)."""
         return self.logits(self.encode(indices, mask, valid)[mask])
 
+    def freeze_pretraining_parts(self) -> None:
+        """Stop gradients to what only pretraining uses: the frozen codebooks and the prediction heads (fine-tuning
+        reads hidden states; an unused trainable parameter would also stop DDP)."""
+        self.head.requires_grad_(False)
+        if self.config.embedding == "codebook":
+            self.codebooks.requires_grad_(False)
+        if self.config.regression_head:
+            self.regress_head.requires_grad_(False)
+
     def latents(self, indices: Tensor) -> Tensor:
         """The quantised latents in codebook space: indices [..., L] -> level sum of codebook vectors [..., codebook_dim]."""
         levels = torch.arange(self.config.rvq_levels, device=indices.device)
