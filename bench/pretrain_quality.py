@@ -296,7 +296,7 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
     if args.lr is not None:
         extra += ["--model.lr", args.lr]
     if args.embedding is not None:
-        extra += ["--model.embedding", args.embedding]
+        extra += ["--model.embedding", args.embedding] + (["--model.regression_weight", "0"] if args.embedding == "learned" else [])
     if args.dropout is not None:
         extra += ["--model.overrides", f"{{dropout: {args.dropout}}}"]
     if args.mask_mode is not None:

@@ -132,7 +132,7 @@ class PretrainModule(L.LightningModule):
         mask_seed: int = 0,
         prior_init: bool = True,
         prior_windows: int = 2048,
-        regression_weight: float = 0.0,
+        regression_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,6 +144,9 @@ class PretrainModule(L.LightningModule):
             raise ValueError(f"mask_span {mask_span} must be >= 1 frame")
         if regression_weight < 0:
             raise ValueError(f"regression_weight {regression_weight} must be >= 0")
+        if regression_weight > 0 and embedding != "codebook":
+            raise ValueError(f"regression_weight {regression_weight} regresses codebook vectors and needs embedding "
+                             f"'codebook', not {embedding!r}; pass --model.regression_weight 0 with learned embeddings")
         codebooks, sizes = load_tokenizer_codebooks(tokenizer)
         self.config = build_config(
             preset, {**(overrides or {}), "embedding": embedding, "regression_head": regression_weight > 0}, **sizes
