@@ -22,7 +22,8 @@ It does, through the real command line (``python -m finetune fit -c finetune/con
    fine-tuning, pooling, learning rates, ...), so that what pretraining learned can be put to use; the baselines
    keep the config's. Each ``--variant NAME=OPTIONS`` adds the arms ``pretrained+NAME`` and ``random+NAME`` (the
    foundation arms with these options on top), so several fine-tuning recipes are compared in one run, each with
-   its own random-init control.
+   its own random-init control. Each ``--other-backbone NAME=PKG`` adds the arm ``NAME``: the same fine-tuning
+   from another backbone package with its own tokenizer (e.g. one imported by ``python -m pretrain import brainomni``).
 2. Equal budgets. Every arm of every set gets the same ``--trainer.max_epochs``, the same early stopping on the
    validation split (``--early_stopping_patience`` validation epochs without a better ``val/selection``, the
    validation balanced accuracy), the same hard cap on training time (``--trainer.max_time``) and the same
@@ -130,9 +131,10 @@ def parse_variants(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def arm_list(arms: list[str], variants: dict[str, str]) -> list[str]:
-    """The base arms, then ``pretrained+NAME`` / ``random+NAME`` per variant (for the foundation arms chosen)."""
-    return [*arms, *(f"{b}+{v}" for v in variants for b in FOUNDATION if b in arms)]
+def arm_list(arms: list[str], variants: dict[str, str], others: dict[str, str] | None = None) -> list[str]:
+    """The base arms, then ``pretrained+NAME`` / ``random+NAME`` per variant (for the foundation arms chosen), then
+    one arm per other backbone package (``--other-backbone``)."""
+    return [*arms, *(f"{b}+{v}" for v in variants for b in FOUNDATION if b in arms), *(others or {})]
 
 
 def base_arm(arm: str) -> str:
@@ -151,6 +153,8 @@ def fit_args(data: Path, arm: str, seed: int, run: Path, a: argparse.Namespace) 
             args += ["--model.backbone_init", "random"]
         args += shlex.split(a.foundation_args or "")
         args += shlex.split(a.variants.get(variant, "")) if variant else []
+    elif arm in a.others:  # another backbone package (e.g. an imported BrainOmni), its own tokenizer, same mode
+        args += ["--model.backbone", a.others[arm], "--model.mode", a.mode]
     else:
         args += ["--model.baseline", arm]
     return args + ["--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.default_root_dir", rel(run),
@@ -196,7 +200,7 @@ def run_fit(name: str, data: Path, arm: str, seed: int, out: Path, a: argparse.N
     (run / "bench_output_tail.log").write_text(child.output_tail)
     rec = {"name": name, "arm": arm, "seed": seed, "args": args, "data": rel(data),
            "command": f"OMP_NUM_THREADS={a.threads} MKL_NUM_THREADS={a.threads} {command(args)}",
-           "backbone": rel(a.backbone) if base_arm(arm) in FOUNDATION else None,
+           "backbone": rel(a.backbone) if base_arm(arm) in FOUNDATION else a.others.get(arm),
            "returncode": child.returncode, "wall_s": child.wall_s, "peak_rss": child.peak_rss_max_process,
            "run": rel(run), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     if child.returncode == 0 and (run / "test_metrics.json").is_file():
@@ -298,7 +302,8 @@ def report(state: dict, results: Path) -> Path:
         ["hard cap on training time per fit", a["max_time"]], ["warm-up steps", a["warmup"]],
         ["threads per fit", a["threads"]], ["fits side by side", a.get("jobs", 1)], ["foundation mode", a["mode"]],
         ["foundation extra options", f"`{a['foundation_args']}`" if a.get("foundation_args") else "-"],
-        *[[f"variant `{v}` (arms pretrained+{v}, random+{v})", f"`{o}`"] for v, o in variants.items()]])
+        *[[f"variant `{v}` (arms pretrained+{v}, random+{v})", f"`{o}`"] for v, o in variants.items()],
+        *[[f"arm `{n}`: another backbone package, same mode", f"`{p}`"] for n, p in (state.get("others") or {}).items()]])
         + "\n\nEverything else is `finetune/configs/full.yaml`'s: batch 32, AdamW, cosine decay after the warm-up, "
         "foundation lr 5e-4 with layer decay 0.75, baseline lr 1e-3, class-weighted cross-entropy."))
     sections.append(("What it does", WHAT))
@@ -333,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--foundation-args", default="", help="extra finetune CLI options for both foundation arms (one string)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                    help="extra foundation arms pretrained+NAME and random+NAME with these finetune options (repeatable)")
+    p.add_argument("--other-backbone", action="append", default=[], metavar="NAME=PKG",
+                   help="one more arm NAME: fine-tune from backbone package PKG (own tokenizer; e.g. an imported BrainOmni)")
     p.add_argument("--max-epochs", type=int, default=None, help="every arm (default 30; --quick 1)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience, validation epochs (default 10; --quick 1)")
     p.add_argument("--max-time", default=None, help="hard cap per fit DD:HH:MM:SS (default 00:00:15:00; --quick 00:00:01:00)")
@@ -361,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.backbone / "model.safetensors").is_file():
         raise SystemExit(f"backbone package {a.backbone} has no model.safetensors")
     a.variants = parse_variants(a.variant)
-    arms = arm_list(a.arms, a.variants)
+    a.others = parse_variants(a.other_backbone)
+    clash = set(a.others) & {*ARMS, *a.variants}
+    if clash:
+        raise SystemExit(f"--other-backbone names {sorted(clash)} clash with the arm or variant names")
+    for name, pkg in a.others.items():
+        if not (Path(pkg) / "config.json").is_file():
+            raise SystemExit(f"--other-backbone {name}={pkg}: no backbone package there (no config.json)")
+    arms = arm_list(a.arms, a.variants, a.others)
     budget = {"max_epochs": a.max_epochs, "patience": a.patience, "max_time": a.max_time, "warmup": a.warmup,
               "threads": a.threads, "jobs": a.jobs, "mode": a.mode, "foundation_args": a.foundation_args}
     plan = [(name, arm, seed) for seed in a.seeds for name in a.sets for arm in arms]
@@ -369,11 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     state = {"command": _common.command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": q,
              "planned": len(plan), "machine": _common.machine_description(("numpy", "torch", "lightning", "mne", "braindecode")),
              "backbone_facts": backbone_facts(a.backbone), "tokenizer": rel(a.tokenizer) if a.tokenizer else None,
-             "budget": budget, "label": a.label, "arms": arms, "variants": a.variants, "records": [], "complete": False}
+             "budget": budget, "label": a.label, "arms": arms, "variants": a.variants, "others": a.others,
+             "records": [], "complete": False}
     if a.resume and (out / "records.json").is_file():
         old = json.loads((out / "records.json").read_text())
         if old.get("budget") == budget and old.get("tokenizer") == state["tokenizer"] and old.get("variants", {}) == a.variants:
-            state["records"] = [r for r in old["records"] if "test" in r and r.get("backbone") in (None, rel(a.backbone))
+            state["records"] = [r for r in old["records"] if "test" in r and r.get("backbone") in (None, rel(a.backbone), *a.others.values())
                                 and (r["name"], r["arm"], r["seed"]) in set(plan)]
     done = {(r["name"], r["arm"], r["seed"]) for r in state["records"]}
     from data.atomic import write_json_atomic
