@@ -58,7 +58,7 @@ import numpy as np
 from scipy.signal import oaconvolve, resample_poly
 
 from data.errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError
-from data.preprocess import PreprocessingSpec, RecordingPipeline, _rational_ratio
+from data.preprocess import PreprocessingSpec, RecordingPipeline, rational_ratio
 from data.sensors import SensorLayout, SensorType, layout_from_info
 
 from .errors import TaskFormatError
@@ -326,7 +326,7 @@ def epochs_volts(
         )
     x = x.astype(np.float32)
     sfreq_in = float(info["sfreq"])
-    up, down = _rational_ratio(prep.spec.sfreq, sfreq_in)
+    up, down = rational_ratio(prep.spec.sfreq, sfreq_in)
     if (up, down) != (1, 1):
         x = resample_poly(x, up, down, axis=-1, padtype="line").astype(np.float32)
     x = _low_pass(x, sfreq_in, prep, warnings, name)
@@ -457,8 +457,6 @@ def windows_from_raw(
         pipe = RecordingPipeline(raw, prep.spec, name=name, chunk_s=chunk_s)
         cal = pipe.calibration
     layout = pipe.layout
-    good = cal["good"]
-    scale = np.array([cal["scales"][SensorType(int(t)).name.lower()] for t in layout.types], dtype=np.float64)[:, None]
     if cal["bad_reasons"]:
         warnings.append(f"{name}: bad channels excluded: " + ", ".join(f"{k} ({v})" for k, v in cal["bad_reasons"].items()))
     if segments is None:
@@ -473,12 +471,12 @@ def windows_from_raw(
 
     starts, src = _segment_window_starts(segments, pipe, prep, name, warnings)
     out_sig, out_t0, out_src = [], [], []
-    for s, i, (y, nonfinite) in zip(starts, src, _stream_ranges(pipe, starts, prep.window_samples, good), strict=True):
-        if nonfinite:
-            warnings.append(f"{name}: segment {i}: window at {s / pipe.sfreq_out:.3f} s has NaN/Inf samples; dropped")
+    for i, span in zip(src, pipe.spans(starts, prep.window_samples), strict=True):
+        if span.nonfinite.any():
+            warnings.append(f"{name}: segment {i}: window at {span.start / pipe.sfreq_out:.3f} s has NaN/Inf samples; dropped")
             continue
-        out_sig.append(np.clip(y / scale, -prep.spec.clip, prep.spec.clip).astype(np.float32))
-        out_t0.append(s / pipe.sfreq_out)
+        out_sig.append(pipe.scale(span.filtered))
+        out_t0.append(span.start / pipe.sfreq_out)
         out_src.append(i)
     if not out_sig:
         raise NoUsableWindowsError(f"{name}: no usable window in the {len(segments)} segment(s)")
@@ -512,35 +510,6 @@ def _segment_window_starts(
             pairs.extend((s, i) for s in range(a, b - t + 1, stride))
     pairs.sort()
     return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _stream_ranges(pipe: RecordingPipeline, starts: list[int], t: int, good: np.ndarray) -> Iterator[tuple[np.ndarray, bool]]:
-    """Yield (filtered [C_good, t] float64, any NaN/Inf) for sorted output starts, processing only the chunks
-    that hold them, in order, with memory bounded by one chunk plus one window."""
-    bounds = list(pipe._chunk_bounds())
-    out_edges = [(a * pipe.up // pipe.down, (b * pipe.up // pipe.down) if b < pipe.n_in else pipe.n_out) for a, b in bounds]
-    buf_y = np.empty((int(good.sum()), 0))
-    buf_bad = np.empty(0, bool)
-    buf_start, k = 0, 0
-    first = getattr(pipe, "_first_chunk", None)
-    for s in starts:
-        while buf_start + buf_y.shape[1] < s + t:
-            o_a, o_b = out_edges[k]
-            if o_b <= s:  # a chunk wholly before this window: skip it
-                k += 1
-                buf_y, buf_bad, buf_start = buf_y[:, :0], buf_bad[:0], o_b
-                continue
-            y, nonfinite, _ = first if (k == 0 and first is not None) else pipe.process_chunk(*bounds[k])
-            y = y[good]
-            if buf_start + buf_y.shape[1] != o_a:  # gap after skipped chunks: restart the buffer here
-                buf_y, buf_bad, buf_start = buf_y[:, :0], buf_bad[:0], o_a
-            buf_y, buf_bad = np.concatenate([buf_y, y], axis=1), np.concatenate([buf_bad, nonfinite])
-            k += 1
-        i = s - buf_start
-        yield buf_y[:, i : i + t], bool(buf_bad[i : i + t].any())
-        drop = max(0, s - buf_start)
-        buf_y, buf_bad, buf_start = buf_y[:, drop:], buf_bad[drop:], buf_start + drop
-    pipe._first_chunk = None
 
 
 def _epochs_from_raw(
