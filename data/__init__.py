@@ -12,7 +12,7 @@ from .errors import (
     UnsupportedInputError,
 )
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
-from .readers import RecordingSource, discover, open_raw
+from .readers import RecordingSource, discover, is_epochs_file, open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
 from .shards import check_item_fields, check_shard_index, merge, prepare, read_manifest
 
@@ -31,7 +31,7 @@ __all__ = [
     "BrainforgeDataError", "NoSensorChannelsError", "NoUsableWindowsError", "OutputExistsError",
     "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
     "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsafeShardError", "UnsupportedInputError", "Window",
-    "check_item_fields", "check_shard_index",
+    "check_item_fields", "check_shard_index", "is_epochs_file",
     "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "merge", "open_raw", "prepare",
     "read_manifest", "window_dataset",
 ]

@@ -147,6 +147,14 @@ def integrity_notes(raw: mne.io.BaseRaw) -> list[str]:
     return list(getattr(raw, _NOTES_ATTR, []))
 
 
+_EPOCHS_FILE = re.compile(r"[-_]epo\.fif(\.gz)?$", re.IGNORECASE)
+
+
+def is_epochs_file(path: str | Path) -> bool:
+    """True for an MNE epochs file name: ``*-epo.fif`` or ``*_epo.fif``, optionally ``.gz`` (any case)."""
+    return bool(_EPOCHS_FILE.search(Path(path).name))
+
+
 def _suffix(path: Path) -> str:
     """Lower-case extension, with ``.fif.gz`` kept whole."""
     name = path.name.lower()
@@ -686,9 +694,9 @@ def open_raw(path: str | Path, preload: bool = False, allow_truncated: bool = Fa
     path = Path(path)
     _check_path(path)
     fmt = _format_of(path)
-    if fmt == "fif" and re.search(r"[-_](epo|ave)\.fif(\.gz)?$", path.name, re.IGNORECASE):
-        if re.search(r"[-_]epo\.fif", path.name, re.IGNORECASE):
-            raise _epoched_error(path)
+    if fmt == "fif" and is_epochs_file(path):
+        raise _epoched_error(path)
+    if fmt == "fif" and re.search(r"[-_]ave\.fif(\.gz)?$", path.name, re.IGNORECASE):
         raise UnsupportedInputError(f"{path}: evoked (averaged) data, not a continuous recording")
     notes: list[str] | None = [] if allow_truncated else None
     if fmt in ("edf", "bdf"):

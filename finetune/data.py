@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from data.atomic import content_hash
 from data.errors import BrainforgeDataError
 from data.preprocess import PreprocessingSpec
-from data.readers import open_raw
+from data.readers import is_epochs_file, open_raw
 from data.sensors import SensorLayout
 
 from .errors import FinetuneDataError, LabelError, TaskFormatError
@@ -253,19 +253,16 @@ def load_task(
     raise ValueError(f"load_task: kind must be auto, epochs, csv or bids, got {kind!r}")
 
 
-_EPO_RE = re.compile(r"[-_]epo\.fif(\.gz)?$", re.IGNORECASE)
-
-
 def _detect_kind(paths: list[Path]) -> str:
     p = paths[0]
-    if len(paths) > 1 or _EPO_RE.search(p.name):
+    if len(paths) > 1 or is_epochs_file(p):
         return "epochs"
     if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
         return "csv"
     if p.is_dir():
         if (p / "dataset_description.json").exists():
             return "bids"
-        if any(_EPO_RE.search(f.name) for f in p.iterdir()):
+        if any(is_epochs_file(f) for f in p.iterdir()):
             return "epochs"
     raise TaskFormatError(
         f"{p}: not a task input (expected *-epo.fif files or a folder of them, a .csv manifest, or a BIDS root "
@@ -277,7 +274,7 @@ def _epoch_files(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if _EPO_RE.search(f.name))
+            found = sorted(f for f in p.iterdir() if is_epochs_file(f))
             if not found:
                 raise TaskFormatError(f"{p}: folder holds no *-epo.fif file")
             out.extend(found)
@@ -290,7 +287,11 @@ def _epoch_files(paths: list[Path]) -> list[Path]:
 # (a) epochs files
 
 
-def _read_epochs(p: Path) -> mne.BaseEpochs:
+def read_epochs_file(p: str | Path) -> mne.BaseEpochs:
+    """An MNE epochs file (preloaded) -> Epochs; a missing or unreadable file raises `TaskFormatError` naming it."""
+    p = Path(p)
+    if not p.is_file():
+        raise TaskFormatError(f"{p}: no such epochs file")
     try:
         return mne.read_epochs(p, preload=True, verbose="error")
     except Exception as e:  # MNE raises many types for corrupt files
@@ -310,7 +311,7 @@ def load_epochs_task(
     all_names: set[str] = set()
     codes: dict[str, int] = {}
     for f in _progress(files, "reading epochs"):
-        ep = _read_epochs(f)
+        ep = read_epochs_file(f)
         inv = {v: k for k, v in ep.event_id.items()}
         names = [inv.get(int(c)) for c in ep.events[:, 2]]
         if any(n is None for n in names):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.readers import is_epochs_file
 from finetune.errors import FinetuneDataError
 from finetune.package import ModelPackage
 from finetune.preprocessing import HOP, RawWindows, windows_from_epochs, windows_from_raw
 
 log = logging.getLogger("brainforge.finetune")
-
-EPOCHS_SUFFIXES = ("-epo.fif", "_epo.fif", "-epo.fif.gz", "_epo.fif.gz")
-
 
 class ChannelMismatchError(FinetuneDataError):
     """The input lacks channels that a fixed-channel (baseline) model needs; the message names them."""
@@ -88,6 +87,30 @@ class Predictor:
     def prepare_epochs(self, epochs, name: str) -> RawWindows:
         """MNE Epochs -> RawWindows with the package's preprocessing."""
         return self._fit_channels(windows_from_epochs(epochs, self.package.preprocessing, name), name)
+
+    def prepare(self, obj, name: str) -> RawWindows:
+        """An MNE Raw (`prepare_raw`) or Epochs (`prepare_epochs`) -> RawWindows."""
+        import mne
+
+        return self.prepare_epochs(obj, name) if isinstance(obj, mne.BaseEpochs) else self.prepare_raw(obj, name)
+
+    def prepare_path(self, path: str | Path, name: str | None = None,
+                     check: Callable[[Any], None] | None = None) -> RawWindows:
+        """A recording file (any format `data.open_raw` reads) or an epochs file (`data.is_epochs_file`) -> RawWindows.
+
+        Args:
+            path: the file (or CTF/EGI folder).
+            name: how items, warnings and errors name it (default: ``str(path)``).
+            check: called with the opened Raw or Epochs before preprocessing (the server's limits); may raise.
+        """
+        from data.readers import open_raw
+        from finetune.data import read_epochs_file
+
+        path = Path(path)
+        obj = read_epochs_file(path) if is_epochs_file(path) else open_raw(path)
+        if check is not None:
+            check(obj)
+        return self.prepare(obj, str(path) if name is None else name)
 
     def _fit_channels(self, windows: RawWindows, name: str) -> RawWindows:
         trained = self.package.channels
@@ -185,21 +208,7 @@ class Predictor:
                                    model={"name": self.package.name, "version": self.package.version})
 
 
-def is_epochs_file(path: str | Path) -> bool:
-    return str(path).lower().endswith(EPOCHS_SUFFIXES)
-
-
 def predict_path(predictor: Predictor, path: str | Path) -> RecordingPrediction:
     """A recording (any format `data.open_raw` reads) or an ``-epo.fif`` file -> its predictions."""
-    import mne
-
-    from data.readers import open_raw
-
-    path = Path(path)
-    if is_epochs_file(path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such epochs file")
-        windows = predictor.prepare_epochs(mne.read_epochs(path, preload=True, verbose="error"), str(path))
-    else:
-        windows = predictor.prepare_raw(open_raw(path), str(path))
+    windows = predictor.prepare_path(path)
     return predictor.summarise(windows, predictor.predict_items(windows.items), str(path))

@@ -68,17 +68,19 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _prepare(predictor, settings: Settings, obj, what: str):
-    """Limits on an MNE Raw / Epochs, then the predictor's own preparation."""
+def _check_limits(settings: Settings, obj, what: str) -> None:
+    """The server's limits (channels, sampling rate, duration) on an opened MNE Raw or Epochs."""
     import mne
 
     sfreq = float(obj.info["sfreq"])
-    if isinstance(obj, mne.BaseEpochs):
-        duration = len(obj) * len(obj.times) / sfreq
-        check_recording(settings, len(obj.ch_names), sfreq, duration, what)
-        return predictor.prepare_epochs(obj, what)
-    check_recording(settings, len(obj.ch_names), sfreq, obj.n_times / sfreq, what)
-    return predictor.prepare_raw(obj, what)
+    n_samples = len(obj) * len(obj.times) if isinstance(obj, mne.BaseEpochs) else obj.n_times
+    check_recording(settings, len(obj.ch_names), sfreq, n_samples / sfreq, what)
+
+
+def _prepare(predictor, settings: Settings, obj, what: str):
+    """Limits on an MNE Raw / Epochs, then the predictor's own preparation."""
+    _check_limits(settings, obj, what)
+    return predictor.prepare(obj, what)
 
 
 #: Open Inference Protocol binary tensor extension: datatype -> little-endian numpy dtype (BYTES is length-prefixed)
@@ -300,14 +302,13 @@ def prepare_json(predictor, settings: Settings, body: bytes, timings: dict | Non
 @guarded
 def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj: BinaryIO, space=None,
                    timings: dict | None = None):
-    """An uploaded recording (any MNE format, or a zip such as BrainVision's three files) -> RawWindows.
+    """An uploaded recording (any MNE format, an ``-epo.fif`` epochs file, or a zip such as BrainVision's three
+    files) -> RawWindows, opened as ``finetune predict`` opens a file (`Predictor.prepare_path`).
 
     The file is copied into a fresh temporary directory that is removed before this returns or raises.
     ``space``: the request's `serve.admission.Hold` on the upload disk budget (a zip's unpacked size is reserved
     there before it is unpacked). ``timings``: ``parse`` (copy, unzip, open the file) and ``preprocess``, in seconds.
     """
-    from data.readers import open_raw
-
     t0 = time.perf_counter()
     name = safe_filename(filename)
     with request_tmpdir(settings.upload_dir) as tmp:
@@ -327,6 +328,13 @@ def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj:
             path = find_recording(unpack_dir, name)
         else:
             path = target
-        raw = open_raw(path, preload=False)
-        windows = _timed_prepare(predictor, settings, raw, Path(name).name, t0, timings)
+        opened = []
+
+        def limits(obj) -> None:
+            opened.append(time.perf_counter())
+            _check_limits(settings, obj, Path(name).name)
+
+        windows = predictor.prepare_path(path, Path(name).name, check=limits)
+        if timings is not None:
+            timings.update(parse=opened[0] - t0, preprocess=time.perf_counter() - opened[0])
         return windows
