@@ -375,6 +375,7 @@ def test_metrics_and_request_ids(client, registry):
     assert f'brainforge_request_duration_seconds_bucket{{le="0.5",method="POST",model="{name}",route="/v2/models/{{name}}/infer",status="200"}}' in text
     assert f'brainforge_batch_size_count{{model="{name}",version="1"}}' in text
     assert f'brainforge_queue_depth{{model="{name}",version="1"}} 0.0' in text
+    assert "process_resident_memory_bytes" in text and "python_gc_objects_collected_total" in text  # default collectors
 
 
 # --- hot reload ---------------------------------------------------------------------------------------
