@@ -294,7 +294,7 @@ class FinetuneModule(L.LightningModule):
         else:
             self.model, source = load_foundation(hp.backbone, hp.tokenizer, HeadConfig(
                 n_classes=k, pooling=hp.pooling, n_queries=hp.n_queries, hidden=hp.head_hidden, dropout=hp.head_dropout),
-                hp.input, backbone_init=hp.backbone_init)
+                hp.input, backbone_init=hp.backbone_init, preprocessing=preprocessing)
         self.model.set_mode(hp.mode, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                             train_tokenizer=hp.train_tokenizer)
         counts = np.asarray(train_counts, dtype=np.float64)
@@ -410,11 +410,12 @@ class FinetuneModule(L.LightningModule):
 
 
 def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, input: str,
-                    backbone_init: str = "pretrained") -> tuple[FoundationClassifier, dict]:
+                    backbone_init: str = "pretrained", preprocessing=None) -> tuple[FoundationClassifier, dict]:
     """A `FoundationClassifier` with the pretrained tokenizer and backbone weights (head random). Returns it and
     the provenance (package paths and hashes). ``backbone_init="random"``: the backbone's weights are a fresh
     initialisation of the same architecture instead (from the current torch RNG), except its frozen codebooks,
-    which are the tokenizer's."""
+    which are the tokenizer's. ``preprocessing`` (the task's `TaskPreprocessing`), when given, must agree with the
+    tokenizer's sampling rate and hop (`check_tokenizer_agrees`)."""
     from data.atomic import content_hash
     from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
@@ -431,7 +432,13 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     if not (tok_path / "model.safetensors").is_file():
         raise FileNotFoundError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
                                 "pass --model.tokenizer PKG")
-    tok = load_package(tok_path).model
+    tok_package = load_package(tok_path)
+    tok = tok_package.model
+    if preprocessing is not None:
+        from finetune.preprocessing import check_tokenizer_agrees
+
+        check_tokenizer_agrees(preprocessing, tok.config.sfreq, tok.config.hop, f"tokenizer package {tok_path}",
+                               tok_package.preprocessing)
     model = FoundationClassifier(tok.config, bb.model.config, head, input=input)
     model.tokenizer.load_state_dict(tok.state_dict())
     state = bb.model.state_dict()

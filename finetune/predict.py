@@ -27,7 +27,7 @@ import torch
 from data.readers import is_epochs_file
 from finetune.errors import FinetuneDataError
 from finetune.package import ModelPackage
-from finetune.preprocessing import HOP, RawWindows, windows_from_epochs, windows_from_raw
+from finetune.preprocessing import HOP, RawWindows, check_tokenizer_agrees, windows_from_epochs, windows_from_raw
 
 log = logging.getLogger("brainforge.finetune")
 
@@ -70,6 +70,11 @@ class Predictor:
         from data.dataset import WindowCollator
 
         self._collate = WindowCollator(max_channels=None)
+        tok_config = getattr(getattr(self.model, "tokenizer", None), "config", None)
+        self.hop = int(getattr(tok_config, "hop", HOP))  # window lengths must be multiples of it
+        if not self.is_baseline:
+            check_tokenizer_agrees(package.preprocessing, getattr(tok_config, "sfreq", None), self.hop,
+                                   f"model package {package.path}")
 
     @property
     def labels(self) -> list[str]:
@@ -161,8 +166,8 @@ class Predictor:
         if len(t) != 1:
             raise ValueError(f"windows of different lengths {sorted(t)} samples; expected {self.package.preprocessing.window_samples}")
         (n,) = t
-        if n % HOP:
-            raise ValueError(f"window length {n} samples is not a multiple of {HOP}")
+        if n % self.hop:
+            raise ValueError(f"window length {n} samples is not a multiple of the tokenizer's hop {self.hop}")
 
     @torch.no_grad()
     def predict_items(self, items: list[dict]) -> np.ndarray:

@@ -60,13 +60,14 @@ from scipy.signal import oaconvolve, resample_poly
 from data.errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError
 from data.preprocess import PreprocessingSpec, RecordingPipeline, rational_ratio
 from data.sensors import SensorLayout, SensorType, layout_from_info
+from tokenizer.config import TokenizerConfig
 
 from .errors import TaskFormatError
 
 log = logging.getLogger("brainforge.finetune")
 
 TASK_PREP_VERSION = 1
-HOP = 64  # tokenizer hop: every model input has T a multiple of this
+HOP = TokenizerConfig.hop  # the tokenizer's default hop: every model input has T a multiple of it
 INPUT_KINDS = ("recordings", "epochs")
 EPOCHS_PER_BATCH = 256  # pieces of a continuous recording read at once for an epochs model
 STAT_SAMPLES = 200_000  # values per channel that the offset / scale statistics look at (evenly spaced)
@@ -150,6 +151,26 @@ class RawWindows:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def check_tokenizer_agrees(prep: TaskPreprocessing, sfreq: float | None, hop: int | None, where: str,
+                           tokenizer_spec: dict | None = None) -> None:
+    """Raise ValueError (naming both values) unless the task's inputs are what the tokenizer was trained on.
+
+    Args:
+        prep: the task's preprocessing.
+        sfreq: the tokenizer's sampling rate in Hz (its config); None: not known, not checked.
+        hop: the tokenizer's hop in samples; every window length must be a multiple of it (None: not checked).
+        where: how the error names the model (package path).
+        tokenizer_spec: the tokenizer package's ``preprocessing.json`` (a `PreprocessingSpec` dict; may be empty).
+    """
+    for rate, source in ((sfreq, "config.json"), ((tokenizer_spec or {}).get("sfreq"), "preprocessing.json")):
+        if rate is not None and abs(float(rate) - prep.spec.sfreq) > 1e-6:
+            raise ValueError(f"{where}: the task's preprocessing resamples to {prep.spec.sfreq:g} Hz but the tokenizer's "
+                             f"{source} says {float(rate):g} Hz: its inputs must be at the rate it was trained on")
+    if hop is not None and prep.window_samples % hop:
+        raise ValueError(f"{where}: the task's window of {prep.window_samples} samples is not a multiple of the "
+                         f"tokenizer's hop of {hop} samples")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -430,3 +430,16 @@ def test_warnings_are_collected_per_thread():
         go.set()
         t.join(5)
     assert mine == ["from this thread"] and theirs == ["from the other thread"]
+
+
+def test_tokenizer_rate_and_hop_must_agree():
+    from finetune.preprocessing import check_tokenizer_agrees, fit_preprocessing
+
+    prep = fit_preprocessing("recordings")  # 512 samples at 256 Hz
+    check_tokenizer_agrees(prep, 256.0, 64, "tok", {"sfreq": 256.0})
+    with pytest.raises(ValueError, match=r"resamples to 256 Hz but the tokenizer's config.json says 200 Hz"):
+        check_tokenizer_agrees(prep, 200.0, 64, "tok")
+    with pytest.raises(ValueError, match=r"preprocessing.json says 128 Hz"):
+        check_tokenizer_agrees(prep, 256.0, 64, "tok", {"sfreq": 128})
+    with pytest.raises(ValueError, match=r"512 samples is not a multiple of the tokenizer's hop of 96"):
+        check_tokenizer_agrees(prep, 256.0, 96, "tok")
