@@ -27,7 +27,13 @@ import torch
 from data.readers import is_epochs_file
 from finetune.errors import FinetuneDataError
 from finetune.package import ModelPackage
-from finetune.preprocessing import HOP, RawWindows, check_tokenizer_agrees, windows_from_epochs, windows_from_raw
+from finetune.preprocessing import (
+    HOP,
+    RawWindows,
+    check_tokenizer_agrees,
+    windows_from_epochs,
+    windows_from_raw,
+)
 
 log = logging.getLogger("brainforge.finetune")
 
