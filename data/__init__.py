@@ -1,5 +1,6 @@
 """brainforge data stage: MNE recordings -> SensorLayout + PreprocessingSpec -> litdata window shards."""
 
+from .discovery import RecordingSource, discover
 from .errors import (
     BrainforgeDataError,
     NoSensorChannelsError,
@@ -11,8 +12,9 @@ from .errors import (
     UnsafeShardError,
     UnsupportedInputError,
 )
+from .formats import is_epochs_file
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
-from .readers import RecordingSource, discover, is_epochs_file, open_raw
+from .readers import open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
 from .shards import check_item_fields, check_shard_index, merge, prepare, read_manifest
 

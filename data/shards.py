@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_directory, content_hash, process_alive, write_json_atomic
+from .discovery import RecordingSource, discover
 from .errors import BrainforgeDataError, NoUsableWindowsError, OutputExistsError, UnsafeShardError
 from .preprocess import PreprocessingSpec, RecordingPipeline
-from .readers import RecordingSource, discover, integrity_notes
+from .readers import integrity_notes
 from .sensors import channel_type_counts
 
 log = logging.getLogger("brainforge.data")
