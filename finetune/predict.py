@@ -29,7 +29,7 @@ from finetune.errors import FinetuneDataError
 from finetune.package import ModelPackage
 from finetune.preprocessing import (
     HOP,
-    RawWindows,
+    ModelInputs,
     check_tokenizer_agrees,
     windows_from_epochs,
     windows_from_raw,
@@ -91,23 +91,23 @@ class Predictor:
         return self.package.kind == "baseline"
 
     # --- inputs ------------------------------------------------------------------------------------
-    def prepare_raw(self, raw, name: str) -> RawWindows:
-        """An opened MNE recording -> RawWindows with the package's preprocessing (and channels, for baselines)."""
+    def prepare_raw(self, raw, name: str) -> ModelInputs:
+        """An opened MNE recording -> ModelInputs with the package's preprocessing (and channels, for baselines)."""
         return self._fit_channels(windows_from_raw(raw, self.package.preprocessing, name), name)
 
-    def prepare_epochs(self, epochs, name: str) -> RawWindows:
-        """MNE Epochs -> RawWindows with the package's preprocessing."""
+    def prepare_epochs(self, epochs, name: str) -> ModelInputs:
+        """MNE Epochs -> ModelInputs with the package's preprocessing."""
         return self._fit_channels(windows_from_epochs(epochs, self.package.preprocessing, name), name)
 
-    def prepare(self, obj, name: str) -> RawWindows:
-        """An MNE Raw (`prepare_raw`) or Epochs (`prepare_epochs`) -> RawWindows."""
+    def prepare(self, obj, name: str) -> ModelInputs:
+        """An MNE Raw (`prepare_raw`) or Epochs (`prepare_epochs`) -> ModelInputs."""
         import mne
 
         return self.prepare_epochs(obj, name) if isinstance(obj, mne.BaseEpochs) else self.prepare_raw(obj, name)
 
     def prepare_path(self, path: str | Path, name: str | None = None,
-                     check: Callable[[Any], None] | None = None) -> RawWindows:
-        """A recording file (any format `data.open_raw` reads) or an epochs file (`data.is_epochs_file`) -> RawWindows.
+                     check: Callable[[Any], None] | None = None) -> ModelInputs:
+        """A recording file (any format `data.open_raw` reads) or an epochs file (`data.is_epochs_file`) -> ModelInputs.
 
         Args:
             path: the file (or CTF/EGI folder).
@@ -123,7 +123,7 @@ class Predictor:
             check(obj)
         return self.prepare(obj, str(path) if name is None else name)
 
-    def _fit_channels(self, windows: RawWindows, name: str) -> RawWindows:
+    def _fit_channels(self, windows: ModelInputs, name: str) -> ModelInputs:
         trained = self.package.channels
         names = list(windows.layout.names)
         if not self.is_baseline:
@@ -200,7 +200,7 @@ class Predictor:
                                                b.get("channel_ids")).cpu().numpy())
         return np.concatenate(out).astype(np.int64)
 
-    def summarise(self, windows: RawWindows, probs: np.ndarray, recording: str | None = None) -> RecordingPrediction:
+    def summarise(self, windows: ModelInputs, probs: np.ndarray, recording: str | None = None) -> RecordingPrediction:
         """Per-window predictions (with times) and the recording's summary (mean probabilities)."""
         labels = self.labels
         probs = np.asarray(probs, dtype=np.float64)

@@ -352,7 +352,7 @@ def create_app(settings: Settings) -> FastAPI:
             f"content type {ctype or 'none'!r}: send multipart/form-data with a 'file' field, or application/json")
 
     async def prepared(request: Request, model: LoadedModel, upload: Any, body: Any, space: Hold) -> tuple[Any, str]:
-        """(RawWindows, recording name) on the preprocessing threads; closes the upload."""
+        """(ModelInputs, recording name) on the preprocessing threads; closes the upload."""
         timings: dict[str, float] = {}
         if upload is not None:
             try:

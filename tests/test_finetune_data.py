@@ -409,7 +409,7 @@ def test_shared_task_files_match_their_readme(shared_tasks: Path):
 
 
 def test_warnings_are_collected_per_thread():
-    """The server preprocesses requests on several threads: each RawWindows gets only its own warnings."""
+    """The server preprocesses requests on several threads: each ModelInputs gets only its own warnings."""
     import logging
     import threading
 

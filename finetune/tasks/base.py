@@ -43,7 +43,7 @@ class TaskData:
     classes: class names, in label-index order.
     subjects: per item, the subject or None.
     recordings: per item, the recording (file) it came from.
-    t0_s: [N] float64 start of each item (see `RawWindows`).
+    t0_s: [N] float64 start of each item (see `ModelInputs`).
     splits: per item "train" / "val" / "test" when the data says so, else None.
     groups: per item, the labelled unit it came from (epoch, CSV row, BIDS event, recording): windows of
         one unit always land in the same split.

@@ -17,7 +17,7 @@ from data.readers import open_raw
 
 from ..errors import TaskFormatError
 from ..preprocessing import (
-    RawWindows,
+    ModelInputs,
     TaskPreprocessing,
     fit_preprocessing,
     windows_from_raw,
@@ -142,7 +142,7 @@ def load_csv_task(
     else:
         prep = preprocessing
 
-    per_row: dict[int, RawWindows] = {}
+    per_row: dict[int, ModelInputs] = {}
     by_path: dict[Path, list[int]] = {}
     for i, r in enumerate(rows):
         by_path.setdefault(r.path.resolve(), []).append(i)
