@@ -100,7 +100,7 @@ class FinetuneDataModule(L.LightningDataModule):
         from finetune.splits import make_splits, write_splits
 
         hp = self.hparams
-        task = load_task(hp.path, kind=hp.kind, trial_types=hp.trial_types)
+        task = load_task(hp.path, kind=hp.kind, trial_types=hp.trial_types, spec=self._tokenizer_spec())
         splits = make_splits(task, hp.seed, hp.val_fraction, hp.test_fraction)
         task.fit_on(splits["train"])
         if len(splits["val"]) == 0:
@@ -113,6 +113,17 @@ class FinetuneDataModule(L.LightningDataModule):
             write_splits(splits, task, Path(trainer.default_root_dir))
         for w in task.warnings[:20]:
             log.warning("%s", w)
+
+    def _tokenizer_spec(self):
+        """The signal path of the foundation model's tokenizer (`finetune.preprocessing.tokenizer_spec` of the
+        module's ``tokenizer`` or ``backbone`` package), so task inputs repeat it; None for baselines or when the
+        package records none (the `PreprocessingSpec` defaults then)."""
+        from finetune.preprocessing import tokenizer_spec
+
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        hp = getattr(module, "hparams", None) or {}
+        package = None if hp.get("baseline") else (hp.get("tokenizer") or hp.get("backbone"))
+        return tokenizer_spec(package) if package else None
 
     # --- what the model needs to know ---------------------------------------------------------------
     @property

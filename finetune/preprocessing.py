@@ -58,9 +58,10 @@ from .prep.task import (
     fit_preprocessing,
     fit_scales,
     round_to_hop,
+    tokenizer_spec,
 )
 
 __all__ = ["EPOCHS_PER_BATCH", "HOP", "INPUT_KINDS", "STAT_SAMPLES", "TASK_PREP_VERSION", "ModelInputs",
            "TaskPreprocessing", "_captured_warnings", "check_tokenizer_agrees", "epochs_volts", "fit_preprocessing",
-           "fit_scales", "round_to_hop", "scale_epochs", "windows_from_epoch_array", "windows_from_epochs",
+           "fit_scales", "round_to_hop", "tokenizer_spec", "scale_epochs", "windows_from_epoch_array", "windows_from_epochs",
            "windows_from_raw"]

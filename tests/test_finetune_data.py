@@ -443,3 +443,20 @@ def test_tokenizer_rate_and_hop_must_agree():
         check_tokenizer_agrees(prep, 256.0, 64, "tok", {"sfreq": 128})
     with pytest.raises(ValueError, match=r"512 samples is not a multiple of the tokenizer's hop of 96"):
         check_tokenizer_agrees(prep, 256.0, 96, "tok")
+
+
+def test_tokenizer_spec_flows_from_the_tokenizer_or_backbone_package(tmp_path: Path):
+    from data.preprocess import PreprocessingSpec
+    from finetune.preprocessing import tokenizer_spec
+
+    tok, bb = tmp_path / "tok", tmp_path / "bb"
+    tok.mkdir(), bb.mkdir()
+    (tok / "preprocessing.json").write_text(json.dumps({**PreprocessingSpec().to_dict(), "sfreq": 200.0, "l_freq": 0.5,
+                                                        "window_s": 4.0, "stride_s": 1.0}))
+    (bb / "config.json").write_text(json.dumps({"tokenizer": {"path": str(tok)}}))
+    for pkg in (tok, bb):
+        spec = tokenizer_spec(pkg)
+        assert (spec.sfreq, spec.l_freq) == (200.0, 0.5)  # the tokenizer's signal path
+        assert (spec.window_s, spec.stride_s) == (PreprocessingSpec.window_s, PreprocessingSpec.stride_s)  # the task's
+    (tok / "preprocessing.json").write_text("{}")
+    assert tokenizer_spec(bb) is None and tokenizer_spec(tmp_path / "nothing") is None

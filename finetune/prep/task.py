@@ -110,6 +110,27 @@ class ModelInputs:
         return len(self.items)
 
 
+#: The signal-path fields of the tokenizer's spec that a task's inputs take over (window and stride stay the task's).
+SIGNAL_FIELDS = ("sfreq", "l_freq", "h_freq_max", "h_freq_fraction", "line_freq", "notch", "min_sfreq",
+                 "bad_z_threshold", "flat_window_fraction", "clip")
+
+
+def tokenizer_spec(package: str | Path) -> PreprocessingSpec | None:
+    """The base spec for fitting a task to a tokenizer: the `SIGNAL_FIELDS` of the ``preprocessing.json`` of a
+    tokenizer package, or of the tokenizer package that a backbone package's ``config.json`` names; window and
+    stride are `PreprocessingSpec`'s defaults. None when no spec is recorded (an empty or absent file)."""
+    root = Path(package)
+    if not (root / "preprocessing.json").is_file() and (root / "config.json").is_file():
+        named = (json.loads((root / "config.json").read_text()).get("tokenizer") or {})
+        root = Path(named.get("path") or "") if isinstance(named, dict) else Path("")
+    f = root / "preprocessing.json"
+    recorded = json.loads(f.read_text()) if f.is_file() else {}
+    if not isinstance(recorded, dict) or not recorded:
+        return None
+    trained = PreprocessingSpec.from_dict(recorded)
+    return dataclasses.replace(PreprocessingSpec(), **{k: getattr(trained, k) for k in SIGNAL_FIELDS})
+
+
 def check_tokenizer_agrees(prep: TaskPreprocessing, sfreq: float | None, hop: int | None, where: str,
                            tokenizer_spec: dict | None = None) -> None:
     """Raise ValueError (naming both values) unless the task's inputs are what the tokenizer was trained on.
