@@ -121,8 +121,10 @@ def tokenizer_spec(package: str | Path) -> PreprocessingSpec | None:
     stride are `PreprocessingSpec`'s defaults. None when no spec is recorded (an empty or absent file)."""
     root = Path(package)
     if not (root / "preprocessing.json").is_file() and (root / "config.json").is_file():
-        named = (json.loads((root / "config.json").read_text()).get("tokenizer") or {})
-        root = Path(named.get("path") or "") if isinstance(named, dict) else Path("")
+        named = json.loads((root / "config.json").read_text()).get("tokenizer")
+        if not (isinstance(named, dict) and named.get("path")):
+            return None
+        root = Path(named["path"])
     f = root / "preprocessing.json"
     recorded = json.loads(f.read_text()) if f.is_file() else {}
     if not isinstance(recorded, dict) or not recorded:
