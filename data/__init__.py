@@ -1,5 +1,6 @@
 """brainforge data stage: MNE recordings -> SensorLayout + PreprocessingSpec -> litdata window shards."""
 
+from .discovery import RecordingSource, discover
 from .errors import (
     BrainforgeDataError,
     NoSensorChannelsError,
@@ -11,8 +12,9 @@ from .errors import (
     UnsafeShardError,
     UnsupportedInputError,
 )
+from .formats import is_epochs_file
 from .preprocess import PreprocessingSpec, RecordingPipeline, Window
-from .readers import RecordingSource, discover, open_raw
+from .readers import open_raw
 from .sensors import SensorLayout, SensorType, layout_from_info
 from .shards import check_item_fields, check_shard_index, merge, prepare, read_manifest
 
@@ -31,7 +33,7 @@ __all__ = [
     "BrainforgeDataError", "NoSensorChannelsError", "NoUsableWindowsError", "OutputExistsError",
     "PreprocessingSpec", "RecordingPipeline", "RecordingSource", "RecordingTooShortError", "SamplingRateError",
     "SensorLayout", "SensorType", "UnreadableRecordingError", "UnsafeShardError", "UnsupportedInputError", "Window",
-    "check_item_fields", "check_shard_index",
+    "check_item_fields", "check_shard_index", "is_epochs_file",
     "WindowCollator", "WindowDataModule", "discover", "layout_from_info", "merge", "open_raw", "prepare",
     "read_manifest", "window_dataset",
 ]

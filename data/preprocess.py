@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import cached_property, lru_cache
@@ -100,6 +101,20 @@ class PreprocessingSpec:
 
 
 @dataclass
+class Span:
+    """A stretch of a recording after filtering, before scaling (`RecordingPipeline.spans`).
+
+    start: first output sample (at ``sfreq_out``); filtered: [C_good, n] float32, SI units; nonfinite: [n] bool, a
+    NaN/Inf input sample under each output sample; flat: [C_good, n] bool, the input did not change there.
+    """
+
+    start: int
+    filtered: np.ndarray
+    nonfinite: np.ndarray
+    flat: np.ndarray
+
+
+@dataclass
 class Window:
     """One window: ``signal`` [C, T] float32 in scaled units, ``t0_s`` seconds from the data start."""
 
@@ -107,7 +122,8 @@ class Window:
     signal: np.ndarray
 
 
-def _rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
+def rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
+    """(up, down) with ``up / down`` ~ ``sfreq_out / sfreq_in`` (denominator at most 2000): the polyphase resampling ratio."""
     frac = Fraction(sfreq_out / sfreq_in).limit_denominator(2000)
     return frac.numerator, frac.denominator
 
@@ -117,9 +133,10 @@ def _design_band_filter(sf: float, l_freq: float | None, h_freq: float, notch_fr
     h = mne.filter.create_filter(None, sf, l_freq, h_freq, verbose="error")
     if notch_freqs:
         freqs = np.asarray(notch_freqs)
-        tb_2 = 0.5  # notch_filter's trans_bandwidth=1 Hz, notch widths freq/200
-        lows, highs = freqs - freqs / 400 - tb_2, freqs + freqs / 400 + tb_2
-        notch = mne.filter.create_filter(None, sf, highs, lows, l_trans_bandwidth=tb_2, h_trans_bandwidth=tb_2, verbose="error")
+        half_trans = 0.5  # half of notch_filter's trans_bandwidth=1 Hz; notch widths freq/200
+        lows, highs = freqs - freqs / 400 - half_trans, freqs + freqs / 400 + half_trans
+        notch = mne.filter.create_filter(None, sf, highs, lows, l_trans_bandwidth=half_trans,
+                                         h_trans_bandwidth=half_trans, verbose="error")
         h = np.convolve(h, notch)
     return h
 
@@ -203,7 +220,7 @@ class RecordingPipeline:
             raise RecordingTooShortError(
                 f"{self.name}: {duration:.3f} s of data is shorter than one {spec.window_s:g} s window"
             )
-        self.up, self.down = _rational_ratio(spec.sfreq, self.sfreq_in)
+        self.up, self.down = rational_ratio(spec.sfreq, self.sfreq_in)
         self.sfreq_out = self.sfreq_in * self.up / self.down  # equals spec.sfreq up to the rational approximation
         self.notch_freqs = spec.notch_freqs(self.sfreq_in, raw.info.get("line_freq"))
         self._band_key = (spec.sfreq, spec.l_freq, low, tuple(self.notch_freqs))
@@ -228,9 +245,18 @@ class RecordingPipeline:
     def n_out(self) -> int:
         return (self.n_in * self.up) // self.down
 
-    def _chunk_bounds(self):
-        for a in range(0, self.n_in, self.chunk_in):
-            yield a, min(a + self.chunk_in, self.n_in)
+    def _chunk_bounds(self) -> list[tuple[int, int]]:
+        """Input-sample [a, b) of each processing chunk, in order."""
+        return [(a, min(a + self.chunk_in, self.n_in)) for a in range(0, self.n_in, self.chunk_in)]
+
+    def _out_index(self, a_in: int) -> int:
+        """The output-grid sample an input sample boundary maps to (the recording's end maps to `n_out`)."""
+        return self.n_out if a_in == self.n_in else a_in * self.up // self.down
+
+    def _chunk(self, k: int, bounds: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`process_chunk` of chunk ``k``; the first chunk is taken once from the calibration's cache."""
+        cached, self._first_chunk = getattr(self, "_first_chunk", None), None
+        return cached if (k == 0 and cached is not None) else self.process_chunk(*bounds[k])
 
     # --- processing ------------------------------------------------------------------------
     def process_chunk(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,13 +282,11 @@ class RecordingPipeline:
         pad_l, pad_r = (self.half if lo == 0 else 0), (self.half if hi == self.n_in else 0)
         y = np.pad(y, ((0, 0), (pad_l, pad_r)), mode="reflect", reflect_type="odd")  # as MNE's reflect_limited
         y = filter_valid(y, self._band_key)
-        o_lo, o_a, o_b = lo * self.up // self.down, a * self.up // self.down, b * self.up // self.down
-        if b == self.n_in:
-            o_b = self.n_out
-        first = o_lo + self.half - pad_l  # output index of y[:, 0]
-        y = y[:, o_a - first : o_b - first]
+        out_lo, out_a, out_b = lo * self.up // self.down, a * self.up // self.down, self._out_index(b)
+        first = out_lo + self.half - pad_l  # output index of y[:, 0]
+        y = y[:, out_a - first : out_b - first]
         # map each output sample to the input sample it sits on (within the read segment)
-        src = np.minimum((np.arange(o_a, o_b) * self.down) // self.up - lo, x.shape[1] - 1)
+        src = np.minimum((np.arange(out_a, out_b) * self.down) // self.up - lo, x.shape[1] - 1)
         return y, nonfinite_in[src], flat_in[:, src]
 
     @cached_property
@@ -271,7 +295,7 @@ class RecordingPipeline:
 
         Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}}.
         """
-        self._first_chunk = self.process_chunk(*next(self._chunk_bounds()))
+        self._first_chunk = self.process_chunk(*self._chunk_bounds()[0])
         finite = np.flatnonzero(~self._first_chunk[1])
         y = self._first_chunk[0][:, finite[:: max(1, finite.size // MAD_SAMPLES)]]  # no copy of the whole chunk
         if y.shape[1] == 0:
@@ -313,35 +337,70 @@ class RecordingPipeline:
         """Layout of the channels that appear in the windows (bad channels excluded)."""
         return self.full_layout.select(self.calibration["good"])
 
-    def windows(self, stats: dict | None = None):
-        """Yield `Window`s in time order. ``stats`` (a dict) receives counts of rejected windows."""
+    @cached_property
+    def channel_scales(self) -> np.ndarray:
+        """Per window channel (bad ones excluded), its sensor type's robust scale: [C_good, 1] float64, SI units."""
         cal = self.calibration
-        good = cal["good"]
-        scale = np.array([cal["scales"][SensorType(t).name.lower()] for t in self.full_layout.types[good]])[:, None]
-        W, S = self.spec.window_samples, self.spec.stride_samples
+        types = self.full_layout.types[cal["good"]]
+        return np.array([cal["scales"][SensorType(int(t)).name.lower()] for t in types], dtype=np.float64)[:, None]
+
+    def scale(self, filtered: np.ndarray) -> np.ndarray:
+        """Filtered signal [C_good, n] (SI units) -> model input: divided by `channel_scales`, clipped to
+        ``spec.clip``, float32."""
+        return np.clip(filtered / self.channel_scales, -self.spec.clip, self.spec.clip).astype(np.float32)
+
+    def spans(self, starts: Iterable[int], length: int) -> Iterator[Span]:
+        """Filtered stretches of ``length`` output samples at each of ``starts`` (ascending output-grid samples at
+        `sfreq_out`, each with ``0 <= start <= n_out - length``), bad channels excluded, before scaling.
+
+        Only the chunks that hold a stretch are processed, in order; memory stays within one chunk plus one
+        stretch whatever the recording's length. The first chunk is reused from `calibration`.
+        """
+        good = self.calibration["good"]
+        bounds = self._chunk_bounds()
+        out_edges = [(self._out_index(a), self._out_index(b)) for a, b in bounds]
+        n_good = int(good.sum())
+        buf_y = np.empty((n_good, 0), np.float32)
+        buf_bad, buf_flat = np.empty(0, bool), np.empty((n_good, 0), bool)
+        buf_start, k = 0, 0
+        for start in starts:
+            while buf_start + buf_y.shape[1] < start + length:
+                if k >= len(bounds):
+                    raise ValueError(f"{self.name}: span [{start}, {start + length}) ends after the {self.n_out} output samples")
+                out_a, out_b = out_edges[k]
+                if out_b <= start:  # a chunk wholly before this stretch: skip it
+                    if k == 0:
+                        self._first_chunk = None
+                    k += 1
+                    buf_y, buf_bad, buf_flat, buf_start = buf_y[:, :0], buf_bad[:0], buf_flat[:, :0], out_b
+                    continue
+                y, nonfinite, flat = self._chunk(k, bounds)
+                if not good.all():
+                    y, flat = y[good], flat[good]
+                if buf_start + buf_y.shape[1] != out_a:  # a gap after skipped chunks: restart the buffer here
+                    buf_y, buf_bad, buf_flat, buf_start = buf_y[:, :0], buf_bad[:0], buf_flat[:, :0], out_a
+                if buf_y.shape[1]:  # a leftover: join it to the new chunk
+                    y, nonfinite, flat = (np.concatenate(p, axis=-1)
+                                          for p in ((buf_y, y), (buf_bad, nonfinite), (buf_flat, flat)))
+                buf_y, buf_bad, buf_flat = y, nonfinite, flat
+                k += 1
+            i = start - buf_start
+            if i < 0:
+                raise ValueError(f"{self.name}: span starts must ascend ({start} after {buf_start})")
+            yield Span(start, buf_y[:, i : i + length], buf_bad[i : i + length], buf_flat[:, i : i + length])
+            buf_y, buf_bad, buf_flat, buf_start = buf_y[:, i:], buf_bad[i:], buf_flat[:, i:], start
+        self._first_chunk = None
+
+    def windows(self, stats: dict | None = None) -> Iterator[Window]:
+        """Yield `Window`s (``spec.window_s`` long, every ``spec.stride_s``) in time order. ``stats`` (a dict)
+        receives counts of rejected windows: ``nonfinite`` (a NaN/Inf sample), ``flat`` (too many flat channels)."""
         stats = stats if stats is not None else {}
-        buf_y = np.empty((int(good.sum()), 0), np.float32)
-        buf_bad, buf_flat = np.empty(0, bool), np.empty((int(good.sum()), 0), bool)
-        buf_start, next_start = 0, 0
-        for a, b in self._chunk_bounds():
-            first, self._first_chunk = getattr(self, "_first_chunk", None), None
-            y, nonfinite, flat = first if (a == 0 and first is not None) else self.process_chunk(a, b)
-            if not good.all():
-                y, flat = y[good], flat[good]
-            if buf_y.shape[1]:  # a leftover shorter than a window: join it to the new chunk
-                y, nonfinite, flat = (np.concatenate(p, axis=-1) for p in ((buf_y, y), (buf_bad, nonfinite), (buf_flat, flat)))
-            buf_y, buf_bad, buf_flat = y, nonfinite, flat
-            while next_start + W <= buf_start + buf_y.shape[1]:
-                s = next_start - buf_start
-                next_start += S
-                if buf_bad[s : s + W].any():
-                    stats["nonfinite"] = stats.get("nonfinite", 0) + 1
-                    continue
-                if (buf_flat[:, s : s + W].mean(axis=1) > 0.9).mean() > self.spec.flat_window_fraction:
-                    stats["flat"] = stats.get("flat", 0) + 1
-                    continue
-                sig = np.clip(buf_y[:, s : s + W] / scale, -self.spec.clip, self.spec.clip).astype(np.float32)
-                yield Window(t0_s=(next_start - S) / self.sfreq_out, signal=sig)
-            drop = max(0, min(next_start - buf_start, buf_y.shape[1]))
-            buf_y, buf_bad, buf_flat = buf_y[:, drop:], buf_bad[drop:], buf_flat[:, drop:]
-            buf_start += drop
+        length, stride = self.spec.window_samples, self.spec.stride_samples
+        for span in self.spans(range(0, self.n_out - length + 1, stride), length):
+            if span.nonfinite.any():
+                stats["nonfinite"] = stats.get("nonfinite", 0) + 1
+                continue
+            if (span.flat.mean(axis=1) > 0.9).mean() > self.spec.flat_window_fraction:
+                stats["flat"] = stats.get("flat", 0) + 1
+                continue
+            yield Window(t0_s=span.start / self.sfreq_out, signal=self.scale(span.filtered))

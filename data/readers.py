@@ -1,4 +1,4 @@
-"""Open recordings in any format MNE reads, and find the recordings in files, folders and BIDS roots.
+"""Open recordings in any format MNE reads (`open_raw`).
 
 `open_raw` is the one way the data stage opens a file. It
 
@@ -10,28 +10,22 @@
 - keeps MNE quiet: its warnings are captured and re-logged on the "brainforge.data" logger (data-integrity
   ones at WARNING, the rest at INFO).
 
-`discover` expands inputs into `RecordingSource` entry points and skips companion files.
+Beside it: `data.formats` (extensions, reader table, `is_epochs_file`), `data.probe` (the child-process probing)
+and `data.discovery` (`discover` expands inputs into `RecordingSource` entry points and skips companion files);
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mne
-import numpy as np
 
 from .errors import (
     BrainforgeDataError,
@@ -39,92 +33,22 @@ from .errors import (
     UnreadableRecordingError,
     UnsupportedInputError,
 )
+from .formats import (
+    _COMPANION_HINTS,
+    _CRASH_PRONE,
+    _FORMATS,
+    _IGNORED_SUFFIXES,
+    _READERS,
+    SUPPORTED_EXTENSIONS,
+    _suffix,
+    is_epochs_file,
+)
+from .probe import PROBE_TIMEOUT_S, ProbeResult, ReaderCall, _crash_isolated_call, probe_readers
 
 logger = logging.getLogger("brainforge.data")
 
 # ----------------------------------------------------------------------------------------------------
 # Formats
-
-#: Entry-point extensions `open_raw` and `discover` accept (lower case), mapped to a format key.
-#: ``.ds`` (CTF) and ``.mff`` (EGI) are folders. BTi/4D pdf files have no extension of their own: any
-#: file with a 4D ``config`` file beside it (see `_is_bti_pdf`).
-_FORMATS: dict[str, str] = {
-    ".fif": "fif",
-    ".fif.gz": "fif",
-    ".edf": "edf",
-    ".bdf": "bdf",
-    ".gdf": "gdf",
-    ".vhdr": "brainvision",
-    ".ahdr": "brainvision",
-    ".set": "eeglab",
-    ".cnt": "cnt",  # Neuroscan or ANT Neuro, told apart by content
-    ".sqd": "kit",
-    ".con": "kit",
-    ".ds": "ctf",
-    ".raw": "egi",
-    ".mff": "egi",
-    ".data": "nicolet",
-    ".lay": "persyst",
-    ".eeg": "nihon",  # unless it is the data file of a BrainVision header
-    ".cdt": "curry",
-    ".dat": "dat",  # Curry 7 or BCI2000 (mne.io.read_raw decides); Persyst data when a .lay is beside it
-    ".nxe": "eximia",
-    ".nedf": "nedf",
-}
-SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
-
-#: format key -> (mne.io function name, extra keyword arguments). EDF/BDF use ``infer_types=True``: a
-#: label "ECG ECG1" becomes channel "ECG1" of type ecg and "EEG Fp1" becomes "Fp1" (eeg); labels
-#: without a known type prefix stay eeg and keep their name (MNE >= 1.0 behaviour).
-_READERS: dict[str, tuple[str, dict]] = {
-    "fif": ("read_raw_fif", {}),
-    "edf": ("read_raw_edf", {"infer_types": True}),
-    "bdf": ("read_raw_bdf", {"infer_types": True}),
-    "gdf": ("read_raw_gdf", {}),
-    "brainvision": ("read_raw_brainvision", {}),
-    "eeglab": ("read_raw_eeglab", {}),
-    "kit": ("read_raw_kit", {}),
-    "ctf": ("read_raw_ctf", {}),
-    "egi": ("read_raw_egi", {}),
-    "nicolet": ("read_raw_nicolet", {"ch_type": "eeg", "eog": "auto", "ecg": "auto", "emg": "auto"}),
-    "persyst": ("read_raw_persyst", {}),
-    "nihon": ("read_raw_nihon", {}),
-    "curry": ("read_raw_curry", {}),
-    "dat": ("read_raw", {}),
-    "eximia": ("read_raw_eximia", {}),
-    "nedf": ("read_raw_nedf", {}),
-}
-
-#: Formats whose readers can kill the interpreter (segfault): probed in a child process first.
-_CRASH_PRONE = frozenset({"cnt"})
-
-# Companion files given where an entry point is expected: suffix -> what to open instead.
-_COMPANION_HINTS: dict[str, str] = {
-    ".vmrk": "the .vhdr header",
-    ".amrk": "the .ahdr header",
-    ".fdt": "the .set file",
-    ".evt": "the .cnt file",
-    ".head": "the .data file",
-    ".dpa": "the .cdt file",
-    ".cef": "the .cdt file",
-    ".ceo": "the .cdt file",
-    ".dap": "the .dat file",
-    ".rs3": "the .dat file",
-    ".11d": "the .EEG file",
-    ".21e": "the .EEG file",
-    ".cmt": "the .EEG file",
-    ".cn2": "the .EEG file",
-    ".pnt": "the .EEG file",
-    ".log": "the .EEG file",
-    ".elp": "the .sqd/.con file",
-    ".hsp": "the .sqd/.con file",
-    ".mrk": "the .sqd/.con file",
-    ".meg4": "the .ds folder",
-    ".res4": "the .ds folder",
-    ".hc": "the .ds folder",
-    ".infods": "the .ds folder",
-    ".acq": "the .ds folder",
-}
 
 # MNE warnings that say something about data integrity: re-logged at WARNING (the rest at INFO).
 _IMPORTANT_WARNING = re.compile(
@@ -147,36 +71,8 @@ def integrity_notes(raw: mne.io.BaseRaw) -> list[str]:
     return list(getattr(raw, _NOTES_ATTR, []))
 
 
-def _suffix(path: Path) -> str:
-    """Lower-case extension, with ``.fif.gz`` kept whole."""
-    name = path.name.lower()
-    return ".fif.gz" if name.endswith(".fif.gz") else path.suffix.lower()
-
-
-def _stem(path: Path) -> str:
-    """File name without its (possibly double) extension."""
-    suffix = _suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
-
-
 # ----------------------------------------------------------------------------------------------------
 # Reader calls and MNE warnings
-
-
-@dataclass(frozen=True)
-class ReaderCall:
-    """One MNE reader call: ``mne.io.<func>(path, preload=..., **kwargs)``."""
-
-    func: str
-    kwargs: dict = field(default_factory=dict)
-
-    def describe(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"mne.io.{self.func}({'path' + (', ' + args if args else '')})"
-
-    def __call__(self, path: Path, preload: bool) -> mne.io.BaseRaw:
-        reader = getattr(mne.io, self.func)
-        return reader(str(path), preload=preload, verbose="warning", **self.kwargs)
 
 
 @contextmanager
@@ -467,201 +363,6 @@ def _bti_call(path: Path) -> ReaderCall:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Crash isolation: probe crash-prone readers in a child process
-
-#: Seconds one probe child may run before it counts as hung.
-PROBE_TIMEOUT_S = 300.0
-
-# The child imports only mne, tries each candidate in order and prints one JSON line per step,
-# flushed, so the parent knows which call was running if the child dies.
-_PROBE_SCRIPT = r"""
-import json, sys, warnings
-warnings.simplefilter("ignore")
-path, candidates = sys.argv[1], json.loads(sys.argv[2])
-import mne
-import numpy as np
-mne.set_log_level("ERROR")
-for i, (func, kwargs) in enumerate(candidates):
-    print(json.dumps({"try": i}), flush=True)
-    try:
-        raw = getattr(mne.io, func)(path, preload=False, verbose="error", **kwargs)
-        n = raw.n_times
-        if n <= 0 or len(raw.ch_names) == 0:
-            raise ValueError(f"{len(raw.ch_names)} channels, {n} samples")
-        head = raw.get_data(start=0, stop=min(n, 1000))
-        tail = raw.get_data(start=max(0, n - 1000), stop=n)
-        if not (np.isfinite(head).all() and np.isfinite(tail).all()):
-            raise ValueError("non-finite samples")
-        print(json.dumps({"ok": i}), flush=True)
-        sys.exit(0)
-    except Exception as e:
-        text = " ".join(f"{type(e).__name__}: {e}".split())
-        print(json.dumps({"error": i, "message": text[:300]}), flush=True)
-print(json.dumps({"done": True}), flush=True)
-"""
-
-
-@dataclass
-class ProbeResult:
-    """Outcome of probing candidate reader calls on one file in child processes."""
-
-    working: ReaderCall | None
-    failures: list[tuple[ReaderCall, str]]  # (call, why: exception text or "crashed with signal 11 (SIGSEGV)")
-
-
-_probe_cache: dict[tuple[str, int, int, tuple], ProbeResult] = {}
-_probe_lock = threading.Lock()
-
-
-def probe_readers(path: str | Path, candidates: Sequence[ReaderCall], timeout_s: float = PROBE_TIMEOUT_S) -> ProbeResult:
-    """Find the first candidate call that opens ``path`` and reads its first and last samples, in a child.
-
-    A child that crashes (signal) or hangs costs only the call it was running: the next child resumes
-    with the following candidate. Results are cached per (path, size, mtime, candidates) in-process.
-    """
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, tuple((c.func, repr(c.kwargs)) for c in candidates))
-    with _probe_lock:
-        if key in _probe_cache:
-            return _probe_cache[key]
-    result = ProbeResult(working=None, failures=[])
-    start = 0
-    while start < len(candidates) and result.working is None:
-        start = _run_probe_child(path, list(candidates), start, timeout_s, result)
-    with _probe_lock:
-        _probe_cache[key] = result
-    return result
-
-
-def _run_probe_child(path: Path, candidates: list[ReaderCall], start: int, timeout_s: float, result: ProbeResult) -> int:
-    """Run one child on ``candidates[start:]``; record outcomes in ``result``; return where to resume."""
-    todo = candidates[start:]
-    cmd = [sys.executable, "-c", _PROBE_SCRIPT, str(path), json.dumps([[c.func, c.kwargs] for c in todo])]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env())
-        stdout, death = proc.stdout, _describe_exit(proc.returncode, proc.stderr)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout or ""
-        stdout = out.decode(errors="replace") if isinstance(out, bytes) else out
-        death = f"hung (no answer within {timeout_s:g} s)"
-    running: int | None = None
-    answered = 0
-    for line in stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue  # something a reader printed
-        if not isinstance(msg, dict):
-            continue
-        if "try" in msg:
-            running = msg["try"]
-        elif "ok" in msg:
-            result.working = todo[msg["ok"]]
-            return len(candidates)
-        elif "error" in msg:
-            result.failures.append((todo[msg["error"]], msg["message"]))
-            running, answered = None, msg["error"] + 1
-        elif "done" in msg:
-            return len(candidates)
-    if running is None:  # died outside any reader call (e.g. importing mne failed): give up
-        result.failures.extend((call, f"probe process {death}") for call in todo[answered:])
-        return len(candidates)
-    result.failures.append((todo[running], death))
-    return start + running + 1
-
-
-def _describe_exit(rc: int | None, stderr: str) -> str:
-    if rc is not None and rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = "unknown signal"
-        return f"crashed the interpreter with signal {-rc} ({name})"
-    tail = " ".join(stderr.strip().splitlines()[-1:])[:200]
-    return f"exited with code {rc}" + (f": {tail}" if tail else "")
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["MNE_LOGGING_LEVEL"] = "ERROR"
-    return env
-
-
-# ----------------------------------------------------------------------------------------------------
-# .cnt: Neuroscan or ANT Neuro
-
-_CNT_NCHANNELS_OFFSET = 370  # Neuroscan SETUP header: uint16 channel count
-_CNT_DATA_OFFSET = 900  # SETUP header size; then 75 bytes per channel (ELECTLOC)
-_CNT_CHANNEL_BYTES = 75
-
-
-def _cnt_candidates(path: Path) -> list[ReaderCall]:
-    """Reader calls to try for a .cnt file, most likely first.
-
-    ANT Neuro files are RIFF/RF64 containers: read_raw_ant first, Neuroscan as a fallback. Anything else
-    is Neuroscan; read_raw_ant is NOT tried on it (antio segfaults on Neuroscan files). Neuroscan's own
-    'auto' data format needs a consistent header, so int16/int32 follow, ordered by `_guess_neuroscan_format`.
-    """
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    first, second = _guess_neuroscan_format(path)
-    neuroscan = [
-        ReaderCall("read_raw_cnt", {"data_format": "auto"}),
-        ReaderCall("read_raw_cnt", {"data_format": first}),
-        ReaderCall("read_raw_cnt", {"data_format": second}),
-    ]
-    if magic in (b"RIFF", b"RF64"):
-        return [ReaderCall("read_raw_ant", {}), *neuroscan]
-    return neuroscan
-
-
-def _guess_neuroscan_format(path: Path, n_bytes: int = 65536) -> tuple[str, str]:
-    """('int16', 'int32') or the reverse: the sample width under which the first data block is smoother.
-
-    EEG is smooth at its sampling rate, so under the right width successive samples of a channel differ
-    little relative to their spread; under the wrong one the values are scrambled.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(_CNT_NCHANNELS_OFFSET)
-            n_ch = int(np.frombuffer(f.read(2), dtype="<u2")[0])
-            f.seek(_CNT_DATA_OFFSET + _CNT_CHANNEL_BYTES * n_ch)
-            block = f.read(n_bytes)
-        rough = {fmt: _roughness(block, dtype, n_ch) for fmt, dtype in (("int16", "<i2"), ("int32", "<i4"))}
-    except (OSError, IndexError, ValueError):
-        return ("int16", "int32")
-    return ("int32", "int16") if rough["int32"] < rough["int16"] else ("int16", "int32")
-
-
-def _roughness(block: bytes, dtype: str, n_ch: int) -> float:
-    """Median over channels of mean |first difference| / std of ``block`` read as [T, n_ch] ``dtype``."""
-    width = np.dtype(dtype).itemsize
-    n_t = len(block) // (width * max(n_ch, 1))
-    if n_ch <= 0 or n_t < 3:
-        return np.inf
-    x = np.frombuffer(block[: n_t * n_ch * width], dtype=dtype).reshape(n_t, n_ch).astype(np.float64)
-    sd = x.std(axis=0)
-    live = sd > 0
-    if not live.any():
-        return np.inf
-    return float(np.median(np.abs(np.diff(x[:, live], axis=0)).mean(axis=0) / sd[live]))
-
-
-def _crash_isolated_call(path: Path, fmt: str) -> ReaderCall:
-    """The reader call that a child process proved safe for ``path``, or an explicit error."""
-    candidates = _cnt_candidates(path)
-    result = probe_readers(path, candidates)
-    if result.working is not None:
-        return result.working
-    tried = "; ".join(f"{call.describe()}: {why}" for call, why in result.failures)
-    raise UnreadableRecordingError(
-        f"{path}: no reader could open this {fmt} file (each was tried in a separate process, so a crash "
-        f"costs only this file) — {tried}. Convert it to EDF/FIF with the vendor's software"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
 # open_raw
 
 
@@ -686,9 +387,9 @@ def open_raw(path: str | Path, preload: bool = False, allow_truncated: bool = Fa
     path = Path(path)
     _check_path(path)
     fmt = _format_of(path)
-    if fmt == "fif" and re.search(r"[-_](epo|ave)\.fif(\.gz)?$", path.name, re.IGNORECASE):
-        if re.search(r"[-_]epo\.fif", path.name, re.IGNORECASE):
-            raise _epoched_error(path)
+    if fmt == "fif" and is_epochs_file(path):
+        raise _epoched_error(path)
+    if fmt == "fif" and re.search(r"[-_]ave\.fif(\.gz)?$", path.name, re.IGNORECASE):
         raise UnsupportedInputError(f"{path}: evoked (averaged) data, not a continuous recording")
     notes: list[str] | None = [] if allow_truncated else None
     if fmt in ("edf", "bdf"):
@@ -726,247 +427,14 @@ def _check_raw(raw: mne.io.BaseRaw, path: Path, fmt: str, preload: bool) -> None
         _call_reader(path, fmt, lambda: (raw.get_data(start=0, stop=1), raw.get_data(start=last, stop=last + 1)))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Recording sources and discovery
+def __getattr__(name: str):
+    """``data.readers.discover`` / ``RecordingSource``: re-exported lazily from `data.discovery` (which imports
+    from this module)."""
+    if name in ("RecordingSource", "discover"):
+        import importlib
 
+        return getattr(importlib.import_module("data.discovery"), name)
+    raise AttributeError(f"module 'data.readers' has no attribute {name!r}")
 
-@dataclass
-class RecordingSource:
-    """One recording entry point.
-
-    path: the file (or .ds/.mff folder); subject: subject label; session: session label or None;
-    bids_path: an ``mne_bids.BIDSPath`` when it came from a BIDS root; root: the input folder it was
-    found under (gives `recording_id`).
-    """
-
-    path: Path
-    subject: str
-    session: str | None = None
-    bids_path: object | None = None
-    root: Path | None = None
-
-    @property
-    def recording_id(self) -> str:
-        """Stable, readable id: the BIDS basename, else the path relative to ``root``, else the path."""
-        if self.bids_path is not None:
-            return str(self.bids_path.basename)
-        if self.root is not None:
-            try:
-                return Path(self.path).relative_to(self.root).as_posix()
-            except ValueError:
-                pass
-        return Path(self.path).as_posix()
-
-    def open(self, preload: bool = False, allow_truncated: bool = False) -> mne.io.BaseRaw:
-        """Open the recording (`open_raw`, or ``mne_bids.read_raw_bids`` for BIDS); same errors as `open_raw`."""
-        if self.bids_path is None:
-            return open_raw(self.path, preload=preload, allow_truncated=allow_truncated)
-        from mne_bids import read_raw_bids
-
-        path = Path(self.path)
-        _check_path(path)
-        notes: list[str] | None = [] if allow_truncated else None
-        raw = _call_reader(path, "BIDS", lambda: read_raw_bids(self.bids_path, verbose="warning"), notes)
-        if notes:
-            setattr(raw, _NOTES_ATTR, notes)
-        if preload:
-            _call_reader(path, "BIDS", raw.load_data)
-        _check_raw(raw, path, "BIDS", preload)
-        return raw
-
-
-# Files `discover` passes over silently: metadata and text.
-_IGNORED_SUFFIXES = frozenset(
-    {".txt", ".md", ".rst", ".json", ".tsv", ".csv", ".eve", ".xml", ".yaml", ".yml", ".html", ".sha256",
-     ".md5", ".py", ".sh", ".ipynb", ".png", ".jpg", ".jpeg", ".svg", ".rtf", ".plist", ".lch"}
-)  # fmt: skip
-_IGNORED_NAMES = frozenset({"sha256sums", "md5sums", "readme", "license", "licence", "changes", "makefile"})
-# FIF files that are companions (silent) or other MNE objects (reported).
-_FIF_COMPANION = re.compile(r"[-_](eve|annot|trans)\.fif(\.gz)?$|[-_]raw-\d+\.fif(\.gz)?$", re.IGNORECASE)
-_FIF_NOT_RAW = re.compile(r"[-_](ave|cov|fwd|inv|src|sol|proj|ica|bem|dip)\.fif(\.gz)?$", re.IGNORECASE)
-_BIDS_SPLIT_CONT = re.compile(r"_split-0*([2-9]|\d{2,})_", re.IGNORECASE)
-_SUB_RE = re.compile(r"(?:^|[_/])sub-([A-Za-z0-9]+)")
-_SES_RE = re.compile(r"(?:^|[_/])ses-([A-Za-z0-9]+)")
-
-
-def _classify(path: Path, brainvision_data: set[str]) -> tuple[str, str]:
-    """('entry' | 'companion' | 'skip', reason) for a file met while walking a folder.
-
-    ``brainvision_data``: names in the same folder that a BrainVision header names as DataFile/MarkerFile.
-    'companion' files are passed over silently, 'skip' ones are reported with the reason.
-    """
-    name, suffix = path.name, _suffix(path)
-    low = name.lower()
-    if name.startswith(".") or low in _IGNORED_NAMES or suffix in _IGNORED_SUFFIXES or low == "manifest.md":
-        return "companion", "metadata"
-    if name in brainvision_data or suffix in (".vmrk", ".amrk"):
-        return "companion", "BrainVision data/markers"
-    if suffix == ".eeg" and _brainvision_header_for(path) is not None:
-        return "companion", "BrainVision data"
-    if suffix == ".dat" and path.with_suffix(".lay").exists():
-        return "companion", "Persyst data"
-    if suffix in (".fif", ".fif.gz"):
-        if _FIF_COMPANION.search(name) or _BIDS_SPLIT_CONT.search(name):
-            return "companion", "FIF events/transform/continuation"
-        if _FIF_NOT_RAW.search(name):
-            return "skip", "not a raw recording (an MNE evoked/covariance/forward/... FIF file)"
-    if suffix in (".sqd", ".con") and re.search(r"mrk|marker", low):
-        return "companion", "KIT marker-coil file"
-    if suffix in _FORMATS:
-        return "entry", ""
-    if suffix in _COMPANION_HINTS or _bti_role(name) is not None:
-        return "companion", "companion file"
-    if _is_bti_pdf(path):
-        return "entry", ""
-    what = f"'{suffix}'" if suffix else "(no extension, and no BTi/4D config file beside it)"
-    return "skip", f"unsupported file type {what}"
-
-
-def _subject_session(path: Path, root: Path) -> tuple[str, str | None]:
-    """Subject and session for a non-BIDS entry point.
-
-    Rule: a BIDS-style ``sub-<label>`` (and ``ses-<label>``) in the file name or in a folder between
-    ``root`` and the file wins; else the name of the file's parent folder when the file lies in a
-    subfolder of ``root``; else (file directly in ``root``, or given by itself) the file stem.
-    """
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        rel = Path(path.name)
-    text = rel.as_posix()
-    sub, ses = _SUB_RE.findall(text), _SES_RE.findall(text)
-    session = ses[-1] if ses else None
-    if sub:
-        return sub[-1], session
-    if len(rel.parts) > 1:
-        return rel.parts[-2], session
-    return _stem(path), session
-
-
-def _source(path: Path, root: Path) -> RecordingSource:
-    subject, session = _subject_session(path, root)
-    return RecordingSource(path=path, subject=subject, session=session, root=root)
-
-
-def _is_bids_root(path: Path) -> bool:
-    return (path / "dataset_description.json").is_file()
-
-
-def _discover_bids(root: Path) -> list[RecordingSource]:
-    """EEG/MEG recordings of a BIDS dataset (first split only), via ``mne_bids.find_matching_paths``."""
-    from mne_bids import find_matching_paths
-
-    try:
-        from mne_bids.config import ALLOWED_DATATYPE_EXTENSIONS as allowed
-
-        extensions = sorted(set(allowed["eeg"]) | set(allowed["meg"]))
-    except ImportError:  # older/newer mne-bids layout
-        extensions = [".vhdr", ".edf", ".bdf", ".set", ".fif", ".ds", ".sqd", ".con", ".pdf"]
-    paths = find_matching_paths(
-        root, datatypes=["eeg", "meg"], suffixes=["eeg", "meg"], extensions=extensions,
-        ignore_json=True, ignore_nosub=True,
-    )  # fmt: skip
-    out = []
-    for bp in paths:
-        if bp.split is not None and int(bp.split) != 1:
-            continue  # read_raw_bids reads the continuation splits with the first one
-        out.append(RecordingSource(path=Path(bp.fpath), subject=str(bp.subject), session=bp.session,
-                                   bids_path=bp, root=root))  # fmt: skip
-    return out
-
-
-def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[RecordingSource]:
-    """Entry points under ``root`` (recursive, sorted); nested BIDS roots go through mne-bids."""
-    out: list[RecordingSource] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            sub = here / d
-            if d.startswith(".") or d == "__pycache__":
-                continue
-            if _suffix(sub) in (".ds", ".mff"):
-                out.append(_source(sub, root))  # the folder is the entry point; its files are internals
-            elif _is_bids_root(sub):
-                out.extend(_discover_bids(sub))
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        bv_data = _brainvision_names(here, filenames)
-        for name in sorted(filenames):
-            p = here / name
-            kind, reason = _classify(p, bv_data)
-            if kind == "entry":
-                out.append(_source(p, root))
-            elif kind == "skip":
-                skipped.append((str(p), reason))
-    return out
-
-
-def _brainvision_names(folder: Path, filenames: list[str]) -> set[str]:
-    """Names that the BrainVision headers in ``folder`` reference as DataFile or MarkerFile."""
-    names: set[str] = set()
-    for name in filenames:
-        if name.lower().endswith((".vhdr", ".ahdr")):
-            names.update(_brainvision_refs(folder / name).values())
-    return names
-
-
-def discover(inputs: Sequence[str | Path]) -> tuple[list[RecordingSource], list[tuple[str, str]]]:
-    """Expand files, folders (recursively) and BIDS roots into recording entry points.
-
-    - A BIDS root (a folder holding ``dataset_description.json``): its eeg/meg recordings through mne-bids;
-      subject/session are the BIDS entities and `recording_id` the BIDS basename.
-    - A folder: every entry point below it; companion files (BrainVision .eeg/.vmrk, EEGLAB .fdt, ANT .evt,
-      4D config/head shape, Nicolet .head, Curry .dpa/.cef, Nihon Kohden .PNT/.LOG/.21E/..., Persyst .dat,
-      KIT marker/digitisation files, FIF events) and metadata (.json, .tsv, .txt, .md, checksums) are
-      passed over silently; CTF ``.ds`` and EGI ``.mff`` folders are single entry points.
-    - A file: itself if it is an entry point, else it is reported as skipped.
-
-    Subjects outside BIDS follow `_subject_session`: ``sub-<label>`` in the path, else the parent folder
-    name (for files in subfolders of an input folder), else the file stem.
-
-    Returns:
-        (sources sorted by path, skipped as (path, reason) sorted by path). Each source's
-        `recording_id` is unique among the sources.
-    """
-    sources: list[RecordingSource] = []
-    skipped: list[tuple[str, str]] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if not p.exists():
-            skipped.append((str(p), "does not exist"))
-        elif p.is_dir() and _is_bids_root(p):
-            sources.extend(_discover_bids(p))
-        elif p.is_dir() and _suffix(p) in (".ds", ".mff"):
-            sources.append(_source(p, p.parent))
-        elif p.is_dir():
-            sources.extend(_walk(p, skipped))
-        else:
-            kind, reason = _classify(p, _brainvision_names(p.parent, [q.name for q in p.parent.iterdir()]))
-            if kind == "entry":
-                sources.append(_source(p, p.parent))
-            else:
-                skipped.append((str(p), reason if kind == "skip" else f"companion file ({reason}), not a recording"))
-    sources = _unique(sources)
-    return sorted(sources, key=lambda s: str(s.path)), sorted(skipped)
-
-
-def _unique(sources: list[RecordingSource]) -> list[RecordingSource]:
-    """Drop repeats of one path; give sources whose ids collide a common root so their ids differ."""
-    seen: set[Path] = set()
-    out = []
-    for s in sources:
-        key = Path(s.path).resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    by_id: dict[str, list[RecordingSource]] = {}
-    for s in out:
-        by_id.setdefault(s.recording_id, []).append(s)
-    for group in by_id.values():
-        if len(group) > 1 and all(s.bids_path is None for s in group):
-            common = Path(os.path.commonpath([str(Path(s.path).resolve().parent) for s in group]))
-            for s in group:
-                s.path, s.root = Path(s.path).resolve(), common
-    return out
+__all__ = ["PROBE_TIMEOUT_S", "ProbeResult", "ReaderCall", "SUPPORTED_EXTENSIONS",
+           "integrity_notes", "is_epochs_file", "open_raw", "probe_readers"]

@@ -9,7 +9,7 @@ from .errors import FinetuneDataError, LabelError, ModelPackageError, TaskFormat
 _LAZY = {
     # task data (finetune.data, finetune.preprocessing, finetune.splits)
     "TaskData": "data", "load_task": "data", "task_from_braindecode": "data",
-    "TaskPreprocessing": "preprocessing", "RawWindows": "preprocessing", "windows_from_raw": "preprocessing",
+    "TaskPreprocessing": "preprocessing", "ModelInputs": "preprocessing", "windows_from_raw": "preprocessing",
     "windows_from_epochs": "preprocessing", "fit_preprocessing": "preprocessing",
     "Splits": "splits", "make_splits": "splits", "write_splits": "splits",
     # models and training

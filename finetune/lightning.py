@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.dataset import WindowCollator
 from finetune.baselines import BASELINES, BaselineClassifier, is_baseline
 from finetune.errors import LabelError
+from finetune.foundation import load_foundation
 from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
 from finetune.package import CHECKPOINT_KEY
@@ -99,7 +100,7 @@ class FinetuneDataModule(L.LightningDataModule):
         from finetune.splits import make_splits, write_splits
 
         hp = self.hparams
-        task = load_task(hp.path, kind=hp.kind, trial_types=hp.trial_types)
+        task = load_task(hp.path, kind=hp.kind, trial_types=hp.trial_types, spec=self._tokenizer_spec())
         splits = make_splits(task, hp.seed, hp.val_fraction, hp.test_fraction)
         task.fit_on(splits["train"])
         if len(splits["val"]) == 0:
@@ -112,6 +113,17 @@ class FinetuneDataModule(L.LightningDataModule):
             write_splits(splits, task, Path(trainer.default_root_dir))
         for w in task.warnings[:20]:
             log.warning("%s", w)
+
+    def _tokenizer_spec(self):
+        """The signal path of the foundation model's tokenizer (`finetune.preprocessing.tokenizer_spec` of the
+        module's ``tokenizer`` or ``backbone`` package), so task inputs repeat it; None for baselines or when the
+        package records none (the `PreprocessingSpec` defaults then)."""
+        from finetune.preprocessing import tokenizer_spec
+
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        hp = getattr(module, "hparams", None) or {}
+        package = None if hp.get("baseline") else (hp.get("tokenizer") or hp.get("backbone"))
+        return tokenizer_spec(package) if package else None
 
     # --- what the model needs to know ---------------------------------------------------------------
     @property
@@ -294,7 +306,7 @@ class FinetuneModule(L.LightningModule):
         else:
             self.model, source = load_foundation(hp.backbone, hp.tokenizer, HeadConfig(
                 n_classes=k, pooling=hp.pooling, n_queries=hp.n_queries, hidden=hp.head_hidden, dropout=hp.head_dropout),
-                hp.input, backbone_init=hp.backbone_init)
+                hp.input, backbone_init=hp.backbone_init, preprocessing=preprocessing)
         self.model.set_mode(hp.mode, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                             train_tokenizer=hp.train_tokenizer)
         counts = np.asarray(train_counts, dtype=np.float64)
@@ -407,41 +419,3 @@ class FinetuneModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.facts
-
-
-def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, input: str,
-                    backbone_init: str = "pretrained") -> tuple[FoundationClassifier, dict]:
-    """A `FoundationClassifier` with the pretrained tokenizer and backbone weights (head random). Returns it and
-    the provenance (package paths and hashes). ``backbone_init="random"``: the backbone's weights are a fresh
-    initialisation of the same architecture instead (from the current torch RNG), except its frozen codebooks,
-    which are the tokenizer's."""
-    from data.atomic import content_hash
-    from pretrain.brainomni.convert import FAMILY, package_family
-    from pretrain.package import load_backbone
-    from tokenizer.package import load_package
-
-    if package_family(backbone) == FAMILY:  # an imported BrainOmni package: its own model family
-        from finetune.brainomni import load_brainomni_classifier
-
-        return load_brainomni_classifier(backbone, tokenizer, head)
-    bb = load_backbone(backbone)
-    tok_path = Path(tokenizer) if tokenizer else Path((bb.tokenizer or {}).get("path") or "")
-    if not tokenizer and not (bb.tokenizer or {}).get("path"):
-        raise ValueError(f"backbone package {backbone} records no tokenizer package; pass --model.tokenizer")
-    if not (tok_path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
-                                "pass --model.tokenizer PKG")
-    tok = load_package(tok_path).model
-    model = FoundationClassifier(tok.config, bb.model.config, head, input=input)
-    model.tokenizer.load_state_dict(tok.state_dict())
-    state = bb.model.state_dict()
-    if backbone_init == "random":
-        from pretrain.model import MaskedTokenModel
-
-        fresh = MaskedTokenModel(bb.model.config).state_dict()
-        state = {k: (state[k] if k == "codebooks" else v) for k, v in fresh.items()}
-    model.backbone.load_state_dict(state)
-    source = {"backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors"),
-                           "init": backbone_init},
-              "tokenizer": {"path": str(tok_path.resolve()), "weights_sha256": content_hash(tok_path / "model.safetensors")}}
-    return model, source

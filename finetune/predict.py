@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.readers import is_epochs_file
 from finetune.errors import FinetuneDataError
 from finetune.package import ModelPackage
-from finetune.preprocessing import HOP, RawWindows, windows_from_epochs, windows_from_raw
+from finetune.preprocessing import (
+    HOP,
+    ModelInputs,
+    check_tokenizer_agrees,
+    windows_from_epochs,
+    windows_from_raw,
+)
 
 log = logging.getLogger("brainforge.finetune")
-
-EPOCHS_SUFFIXES = ("-epo.fif", "_epo.fif", "-epo.fif.gz", "_epo.fif.gz")
-
 
 class ChannelMismatchError(FinetuneDataError):
     """The input lacks channels that a fixed-channel (baseline) model needs; the message names them."""
@@ -71,6 +76,11 @@ class Predictor:
         from data.dataset import WindowCollator
 
         self._collate = WindowCollator(max_channels=None)
+        tok_config = getattr(getattr(self.model, "tokenizer", None), "config", None)
+        self.hop = int(getattr(tok_config, "hop", HOP))  # window lengths must be multiples of it
+        if not self.is_baseline:
+            check_tokenizer_agrees(package.preprocessing, getattr(tok_config, "sfreq", None), self.hop,
+                                   f"model package {package.path}")
 
     @property
     def labels(self) -> list[str]:
@@ -81,15 +91,39 @@ class Predictor:
         return self.package.kind == "baseline"
 
     # --- inputs ------------------------------------------------------------------------------------
-    def prepare_raw(self, raw, name: str) -> RawWindows:
-        """An opened MNE recording -> RawWindows with the package's preprocessing (and channels, for baselines)."""
+    def prepare_raw(self, raw, name: str) -> ModelInputs:
+        """An opened MNE recording -> ModelInputs with the package's preprocessing (and channels, for baselines)."""
         return self._fit_channels(windows_from_raw(raw, self.package.preprocessing, name), name)
 
-    def prepare_epochs(self, epochs, name: str) -> RawWindows:
-        """MNE Epochs -> RawWindows with the package's preprocessing."""
+    def prepare_epochs(self, epochs, name: str) -> ModelInputs:
+        """MNE Epochs -> ModelInputs with the package's preprocessing."""
         return self._fit_channels(windows_from_epochs(epochs, self.package.preprocessing, name), name)
 
-    def _fit_channels(self, windows: RawWindows, name: str) -> RawWindows:
+    def prepare(self, obj, name: str) -> ModelInputs:
+        """An MNE Raw (`prepare_raw`) or Epochs (`prepare_epochs`) -> ModelInputs."""
+        import mne
+
+        return self.prepare_epochs(obj, name) if isinstance(obj, mne.BaseEpochs) else self.prepare_raw(obj, name)
+
+    def prepare_path(self, path: str | Path, name: str | None = None,
+                     check: Callable[[Any], None] | None = None) -> ModelInputs:
+        """A recording file (any format `data.open_raw` reads) or an epochs file (`data.is_epochs_file`) -> ModelInputs.
+
+        Args:
+            path: the file (or CTF/EGI folder).
+            name: how items, warnings and errors name it (default: ``str(path)``).
+            check: called with the opened Raw or Epochs before preprocessing (the server's limits); may raise.
+        """
+        from data.readers import open_raw
+        from finetune.data import read_epochs_file
+
+        path = Path(path)
+        obj = read_epochs_file(path) if is_epochs_file(path) else open_raw(path)
+        if check is not None:
+            check(obj)
+        return self.prepare(obj, str(path) if name is None else name)
+
+    def _fit_channels(self, windows: ModelInputs, name: str) -> ModelInputs:
         trained = self.package.channels
         names = list(windows.layout.names)
         if not self.is_baseline:
@@ -138,8 +172,8 @@ class Predictor:
         if len(t) != 1:
             raise ValueError(f"windows of different lengths {sorted(t)} samples; expected {self.package.preprocessing.window_samples}")
         (n,) = t
-        if n % HOP:
-            raise ValueError(f"window length {n} samples is not a multiple of {HOP}")
+        if n % self.hop:
+            raise ValueError(f"window length {n} samples is not a multiple of the tokenizer's hop {self.hop}")
 
     @torch.no_grad()
     def predict_items(self, items: list[dict]) -> np.ndarray:
@@ -166,7 +200,7 @@ class Predictor:
                                                b.get("channel_ids")).cpu().numpy())
         return np.concatenate(out).astype(np.int64)
 
-    def summarise(self, windows: RawWindows, probs: np.ndarray, recording: str | None = None) -> RecordingPrediction:
+    def summarise(self, windows: ModelInputs, probs: np.ndarray, recording: str | None = None) -> RecordingPrediction:
         """Per-window predictions (with times) and the recording's summary (mean probabilities)."""
         labels = self.labels
         probs = np.asarray(probs, dtype=np.float64)
@@ -185,21 +219,7 @@ class Predictor:
                                    model={"name": self.package.name, "version": self.package.version})
 
 
-def is_epochs_file(path: str | Path) -> bool:
-    return str(path).lower().endswith(EPOCHS_SUFFIXES)
-
-
 def predict_path(predictor: Predictor, path: str | Path) -> RecordingPrediction:
     """A recording (any format `data.open_raw` reads) or an ``-epo.fif`` file -> its predictions."""
-    import mne
-
-    from data.readers import open_raw
-
-    path = Path(path)
-    if is_epochs_file(path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such epochs file")
-        windows = predictor.prepare_epochs(mne.read_epochs(path, preload=True, verbose="error"), str(path))
-    else:
-        windows = predictor.prepare_raw(open_raw(path), str(path))
+    windows = predictor.prepare_path(path)
     return predictor.summarise(windows, predictor.predict_items(windows.items), str(path))

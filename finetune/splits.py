@@ -6,8 +6,8 @@ Rules, in order:
    the training part has at least two subjects, else stratified by label). Items with no split mark join
    training. The test part is never touched.
 2. Else, when every item has a subject and there are at least three subjects: subject-wise, no subject
-   in two splits (subjects shuffled with the seed; each split takes whole subjects until it holds its
-   fraction of the items).
+   in two splits, stratified by label as far as whole subjects allow (scikit-learn's `StratifiedGroupKFold`,
+   subjects shuffled with the seed; test, then val, is one fold of what is left).
 3. Else stratified by label: per class, its units are shuffled and cut by the fractions.
 Throughout, the unit of assignment is ``task.groups`` (an epoch, a CSV row, a BIDS event, a whole
 recording), so windows of one labelled unit never straddle two splits.
@@ -16,6 +16,7 @@ recording), so windows of one labelled unit never straddle two splits.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +48,33 @@ def _units(task: TaskData, idx: np.ndarray, key: str) -> tuple[list[str], dict[s
     return list(members), {u: np.asarray(m, dtype=np.int64) for u, m in members.items()}
 
 
-def _by_units(units: list[str], members: dict[str, np.ndarray], fractions: dict[str, float], rng) -> dict[str, np.ndarray]:
-    """Whole units to each split, in seeded order, until each holds its fraction of the items (>= 1 unit each)."""
-    order = [units[i] for i in rng.permutation(len(units))]
-    total = sum(len(members[u]) for u in units)
-    out: dict[str, list[int]] = {k: [] for k in fractions}
-    pos = 0
-    names = [k for k in fractions if k != "train"]
-    for k in names:
-        target = fractions[k] * total
-        taken = 0
-        if fractions[k] <= 0:
+def _by_subjects(task: TaskData, idx: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Whole subjects to each split, label proportions kept as far as whole subjects allow.
+
+    Each split other than train (in the order of ``fractions``) is one fold of scikit-learn's `StratifiedGroupKFold`
+    (groups: subjects, shuffled with ``seed``) over what is left, with ``round(1 / share)`` folds (at most one per
+    subject left, at least 2): every split gets at least one subject and train keeps at least one.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    subjects = np.array([str(task.subjects[i]) for i in idx])
+    labels = np.asarray(task.labels)[idx]
+    rest, left = np.arange(len(idx)), 1.0
+    out: dict[str, np.ndarray] = {}
+    for k in [k for k in fractions if k != "train"]:
+        n_subjects = len(set(subjects[rest]))
+        if fractions[k] <= 0 or n_subjects < 2:
+            out[k] = idx[:0]
             continue
-        while pos < len(order) - 1 and (taken == 0 or taken + len(members[order[pos]]) / 2 <= target):
-            out[k].extend(members[order[pos]])
-            taken += len(members[order[pos]])
-            pos += 1
-    for u in order[pos:]:
-        out["train"].extend(members[u])
-    return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+        n_splits = min(n_subjects, max(2, round(left / fractions[k])))
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "the least populated class has only N members": expected for few subjects
+            warnings.simplefilter("ignore", UserWarning)
+            held = next(te for _, te in folds.split(rest, labels[rest], subjects[rest]) if 0 < len(te) < len(rest))
+        out[k] = idx[rest[held]]
+        rest, left = np.delete(rest, held), left - fractions[k]
+    out["train"] = idx[rest]
+    return out
 
 
 def _stratified(task: TaskData, idx: np.ndarray, fractions: dict[str, float], rng) -> dict[str, np.ndarray]:
@@ -109,8 +118,7 @@ def make_splits(task: TaskData, seed: int, val_fraction: float = 0.2, test_fract
             n_subj = len({task.subjects[i] for i in train}) if task.has_subjects else 0
             frac = {"val": val_fraction, "train": 1 - val_fraction}
             if n_subj >= 2:
-                units, members = _units(task, train, "subject")
-                parts = _by_units(units, members, frac, rng)
+                parts = _by_subjects(task, train, frac, seed)
                 strategy = "given; val carved subject-wise from train"
             else:
                 parts = _stratified(task, train, frac, rng)
@@ -121,8 +129,7 @@ def make_splits(task: TaskData, seed: int, val_fraction: float = 0.2, test_fract
         frac = {"test": test_fraction, "val": val_fraction, "train": 1 - val_fraction - test_fraction}
         n_subj = len(set(task.subjects)) if task.has_subjects else 0
         if n_subj >= 3:
-            units, members = _units(task, all_idx, "subject")
-            splits = Splits(_by_units(units, members, frac, rng), "subject-wise", seed)
+            splits = Splits(_by_subjects(task, all_idx, frac, seed), "subject-wise", seed)
         else:
             splits = Splits(_stratified(task, all_idx, frac, rng), "stratified by label", seed)
     train_classes = {int(task.labels[i]) for i in splits["train"]}

@@ -28,7 +28,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -42,6 +50,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # the process_*, python_info and python_gc_* series prometheus_client's default registry carries
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter("brainforge_requests", "HTTP requests", ["route", "method", "status", "model"], registry=r)
         self.latency = Histogram("brainforge_request_duration_seconds", "HTTP request latency",
                                  ["route", "method", "status", "model"], buckets=LATENCY_BUCKETS, registry=r)

@@ -1,6 +1,6 @@
 """Request bodies -> model inputs, run on the preprocessing threads (never on the event loop).
 
-Each function returns the predictor's `RawWindows` (items [C, T] float32 scaled units, t0_s, layout, warnings)
+Each function returns the predictor's `ModelInputs` (items [C, T] float32 scaled units, t0_s, layout, warnings)
 made by the package's own code path (`Predictor.prepare_raw` / `prepare_epochs`, as ``finetune predict``).
 Errors become `ServeError`s: malformed -> 400, outside the limits or unusable data -> 422.
 """
@@ -68,17 +68,19 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _prepare(predictor, settings: Settings, obj, what: str):
-    """Limits on an MNE Raw / Epochs, then the predictor's own preparation."""
+def _check_limits(settings: Settings, obj, what: str) -> None:
+    """The server's limits (channels, sampling rate, duration) on an opened MNE Raw or Epochs."""
     import mne
 
     sfreq = float(obj.info["sfreq"])
-    if isinstance(obj, mne.BaseEpochs):
-        duration = len(obj) * len(obj.times) / sfreq
-        check_recording(settings, len(obj.ch_names), sfreq, duration, what)
-        return predictor.prepare_epochs(obj, what)
-    check_recording(settings, len(obj.ch_names), sfreq, obj.n_times / sfreq, what)
-    return predictor.prepare_raw(obj, what)
+    n_samples = len(obj) * len(obj.times) if isinstance(obj, mne.BaseEpochs) else obj.n_times
+    check_recording(settings, len(obj.ch_names), sfreq, n_samples / sfreq, what)
+
+
+def _prepare(predictor, settings: Settings, obj, what: str):
+    """Limits on an MNE Raw / Epochs, then the predictor's own preparation."""
+    _check_limits(settings, obj, what)
+    return predictor.prepare(obj, what)
 
 
 #: Open Inference Protocol binary tensor extension: datatype -> little-endian numpy dtype (BYTES is length-prefixed)
@@ -219,7 +221,7 @@ def _timed_prepare(predictor, settings: Settings, raw, name: str, t0: float, tim
 @guarded
 def prepare_v2(predictor, settings: Settings, body: bytes, header_length: int | None = None,
                timings: dict | None = None):
-    """A v2 infer body -> (RawWindows, the request). Inputs: signal, [channel_names, channel_types, positions].
+    """A v2 infer body -> (ModelInputs, the request). Inputs: signal, [channel_names, channel_types, positions].
 
     ``timings`` (a dict), when given, receives ``parse`` (body -> arrays and channel info) and ``preprocess``
     (-> model windows) in seconds.
@@ -250,7 +252,7 @@ def prepare_v2(predictor, settings: Settings, body: bytes, header_length: int | 
 def prepare_raw_body(predictor, settings: Settings, body: bytes, query: dict[str, str], timings: dict | None = None):
     """An ``application/octet-stream`` body: the signal alone as little-endian float32, row-major [C, T] (or
     [N, C, T] with ``shape=N,C,T``). The rest comes from query parameters: ``sfreq`` and ``channel_names``
-    (comma-separated) required, ``channel_types``, ``shape``, ``id`` optional. -> (RawWindows, a v2 request)."""
+    (comma-separated) required, ``channel_types``, ``shape``, ``id`` optional. -> (ModelInputs, a v2 request)."""
     t0 = time.perf_counter()
     try:
         sfreq = float(query["sfreq"])
@@ -284,7 +286,7 @@ def prepare_raw_body(predictor, settings: Settings, body: bytes, query: dict[str
 
 @guarded
 def prepare_json(predictor, settings: Settings, body: bytes, timings: dict | None = None):
-    """A /v1 JSON recording -> (RawWindows, the parsed RecordingJSON); ``timings`` as in `prepare_v2`."""
+    """A /v1 JSON recording -> (ModelInputs, the parsed RecordingJSON); ``timings`` as in `prepare_v2`."""
     t0 = time.perf_counter()
     rec = RecordingJSON.model_validate_json(body)
     x = np.asarray(rec.signal, dtype=np.float32) if rec.signal else np.zeros((0, 0), np.float32)
@@ -300,14 +302,13 @@ def prepare_json(predictor, settings: Settings, body: bytes, timings: dict | Non
 @guarded
 def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj: BinaryIO, space=None,
                    timings: dict | None = None):
-    """An uploaded recording (any MNE format, or a zip such as BrainVision's three files) -> RawWindows.
+    """An uploaded recording (any MNE format, an ``-epo.fif`` epochs file, or a zip such as BrainVision's three
+    files) -> ModelInputs, opened as ``finetune predict`` opens a file (`Predictor.prepare_path`).
 
     The file is copied into a fresh temporary directory that is removed before this returns or raises.
     ``space``: the request's `serve.admission.Hold` on the upload disk budget (a zip's unpacked size is reserved
     there before it is unpacked). ``timings``: ``parse`` (copy, unzip, open the file) and ``preprocess``, in seconds.
     """
-    from data.readers import open_raw
-
     t0 = time.perf_counter()
     name = safe_filename(filename)
     with request_tmpdir(settings.upload_dir) as tmp:
@@ -327,6 +328,13 @@ def prepare_upload(predictor, settings: Settings, filename: str | None, fileobj:
             path = find_recording(unpack_dir, name)
         else:
             path = target
-        raw = open_raw(path, preload=False)
-        windows = _timed_prepare(predictor, settings, raw, Path(name).name, t0, timings)
+        opened = []
+
+        def limits(obj) -> None:
+            opened.append(time.perf_counter())
+            _check_limits(settings, obj, Path(name).name)
+
+        windows = predictor.prepare_path(path, Path(name).name, check=limits)
+        if timings is not None:
+            timings.update(parse=opened[0] - t0, preprocess=time.perf_counter() - opened[0])
         return windows

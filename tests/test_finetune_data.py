@@ -409,7 +409,7 @@ def test_shared_task_files_match_their_readme(shared_tasks: Path):
 
 
 def test_warnings_are_collected_per_thread():
-    """The server preprocesses requests on several threads: each RawWindows gets only its own warnings."""
+    """The server preprocesses requests on several threads: each ModelInputs gets only its own warnings."""
     import logging
     import threading
 
@@ -430,3 +430,33 @@ def test_warnings_are_collected_per_thread():
         go.set()
         t.join(5)
     assert mine == ["from this thread"] and theirs == ["from the other thread"]
+
+
+def test_tokenizer_rate_and_hop_must_agree():
+    from finetune.preprocessing import check_tokenizer_agrees, fit_preprocessing
+
+    prep = fit_preprocessing("recordings")  # 512 samples at 256 Hz
+    check_tokenizer_agrees(prep, 256.0, 64, "tok", {"sfreq": 256.0})
+    with pytest.raises(ValueError, match=r"resamples to 256 Hz but the tokenizer's config.json says 200 Hz"):
+        check_tokenizer_agrees(prep, 200.0, 64, "tok")
+    with pytest.raises(ValueError, match=r"preprocessing.json says 128 Hz"):
+        check_tokenizer_agrees(prep, 256.0, 64, "tok", {"sfreq": 128})
+    with pytest.raises(ValueError, match=r"512 samples is not a multiple of the tokenizer's hop of 96"):
+        check_tokenizer_agrees(prep, 256.0, 96, "tok")
+
+
+def test_tokenizer_spec_flows_from_the_tokenizer_or_backbone_package(tmp_path: Path):
+    from data.preprocess import PreprocessingSpec
+    from finetune.preprocessing import tokenizer_spec
+
+    tok, bb = tmp_path / "tok", tmp_path / "bb"
+    tok.mkdir(), bb.mkdir()
+    (tok / "preprocessing.json").write_text(json.dumps({**PreprocessingSpec().to_dict(), "sfreq": 200.0, "l_freq": 0.5,
+                                                        "window_s": 4.0, "stride_s": 1.0}))
+    (bb / "config.json").write_text(json.dumps({"tokenizer": {"path": str(tok)}}))
+    for pkg in (tok, bb):
+        spec = tokenizer_spec(pkg)
+        assert (spec.sfreq, spec.l_freq) == (200.0, 0.5)  # the tokenizer's signal path
+        assert (spec.window_s, spec.stride_s) == (PreprocessingSpec.window_s, PreprocessingSpec.stride_s)  # the task's
+    (tok / "preprocessing.json").write_text("{}")
+    assert tokenizer_spec(bb) is None and tokenizer_spec(tmp_path / "nothing") is None

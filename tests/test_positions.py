@@ -10,7 +10,7 @@ import mne
 import numpy as np
 import pytest
 
-import data.sensors as sensors
+import data.montage as montage
 from data.describe import describe, position_lines
 from data.sensors import (
     DIRECTIONAL_OFFSET_M,
@@ -82,7 +82,7 @@ def test_alias_in_both_directions(monkeypatch: pytest.MonkeyPatch) -> None:
     full = dict(montage_positions("standard_1005"))
     no_old = {k: v for k, v in full.items() if k not in {"t3", "t4", "t5", "t6"}}
     no_new = {k: v for k, v in full.items() if k not in {"t7"}}
-    monkeypatch.setattr(sensors, "montage_positions", lambda m: no_old if m == "standard_1005" else no_new)
+    monkeypatch.setattr(montage, "montage_positions", lambda m: no_old if m == "standard_1005" else no_new)
     pos, src = resolve_montage_position("T5", "standard_1005")
     np.testing.assert_allclose(pos, full["p7"], atol=1e-6)
     assert src == "alias:T5->P7"

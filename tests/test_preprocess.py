@@ -98,3 +98,20 @@ def test_bad_channel_detection():
     assert set(reasons) == {"EEG3", "EEG5"}
     assert reasons["EEG3"] == "flat" and "outlier" in reasons["EEG5"]
     assert len(pipe.layout) == 6 and next(pipe.windows()).signal.shape == (6, 512)
+
+
+def test_spans_at_any_starts_equal_one_chunk_processing(fixtures):
+    """`RecordingPipeline.spans`: stretches at arbitrary ascending starts (chunks skipped, a stretch across a chunk
+    border) equal the same stretches of the recording processed as one chunk; `windows` is built on it."""
+    path = fixtures / "sample_audvis_5s_raw.fif"
+    whole = RecordingPipeline(open_raw(path), PreprocessingSpec(), chunk_s=60.0)
+    chunked = RecordingPipeline(open_raw(path), PreprocessingSpec(), chunk_s=1.0)
+    starts, length = [3, 200, 250, 700, 1000], 192  # output samples at 256 Hz; 1 s chunks hold ~256
+    ref = {sp.start: sp for sp in whole.spans(starts, length)}
+    got = list(chunked.spans(starts, length))
+    assert [sp.start for sp in got] == starts
+    for sp in got:
+        assert sp.filtered.shape == (len(chunked.layout), length) and sp.flat.shape == sp.filtered.shape
+        np.testing.assert_allclose(sp.filtered, ref[sp.start].filtered, rtol=0, atol=1e-6 * np.abs(sp.filtered).max())
+    w = next(chunked.windows())
+    np.testing.assert_array_equal(w.signal, chunked.scale(next(chunked.spans([0], w.signal.shape[1])).filtered))

@@ -11,7 +11,7 @@ import mne
 import numpy as np
 import pytest
 
-from data import readers
+from data import probe
 from data.errors import BrainforgeDataError, UnreadableRecordingError, UnsupportedInputError
 from data.readers import ReaderCall, RecordingSource, discover, open_raw, probe_readers
 
@@ -93,7 +93,7 @@ def test_neuroscan_sample_width_is_guessed(recordings: Path) -> None:
     scan41 = open_raw(recordings / "cnt" / "scan41_short.cnt")  # int16: 7.68 s at 400 Hz
     assert (len(scan41.ch_names), scan41.info["sfreq"], scan41.n_times) == (128, 400.0, 3070)
     calls = probe_readers(recordings / "cnt" / "test_CNT_events_mne_JWoess_clipped.cnt",
-                          readers._cnt_candidates(recordings / "cnt" / "test_CNT_events_mne_JWoess_clipped.cnt"))  # fmt: skip
+                          probe._cnt_candidates(recordings / "cnt" / "test_CNT_events_mne_JWoess_clipped.cnt"))  # fmt: skip
     assert calls.working == ReaderCall("read_raw_cnt", {"data_format": "int32"})
 
 
@@ -112,7 +112,7 @@ def test_probe_survives_a_crashing_reader(recordings: Path) -> None:
 @pytest.mark.shared
 def test_crash_only_costs_the_file(recordings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = recordings / "cnt" / "scan41_short.cnt"
-    monkeypatch.setattr(readers, "_cnt_candidates", lambda p: [ReaderCall("read_raw_ant", {})])
+    monkeypatch.setattr(probe, "_cnt_candidates", lambda p: [ReaderCall("read_raw_ant", {})])
     with pytest.raises(UnreadableRecordingError) as info:
         open_raw(path)
     message = str(info.value)

@@ -247,13 +247,18 @@ def test_v2_infer_bad_requests_say_what_is_wrong(client, registry):
     _error(client.post(url, json={**ok, "outputs": [{"name": "nope"}]}), 400, "unknown requested outputs")
 
 
-# --- uploads: EDF, FIF, BrainVision zip -- identical to finetune's predict_path ---------------------------
+# --- uploads: EDF, FIF, BrainVision zip, -epo.fif -- identical to finetune's predict_path -----------------
 def test_uploads_match_finetune_predict(client, registry, predictor, tmp_path, upload_dir):
+    import mne
+
+    from data.readers import open_raw
     from finetune.predict import predict_path
 
     name = registry[1]
     bv_zip, bv_vhdr = brainvision_zip(tmp_path)
-    cases = [(EDF, EDF), (FIF, FIF), (bv_zip, bv_vhdr)]
+    epo = tmp_path / "rec-epo.fif"  # an epochs file: `finetune predict` reads it, so must the server
+    mne.make_fixed_length_epochs(open_raw(FIF, preload=True), duration=2.5, verbose="error").save(epo, verbose="error")
+    cases = [(EDF, EDF), (FIF, FIF), (bv_zip, bv_vhdr), (epo, epo)]
     with ThreadPoolExecutor(3) as pool:  # concurrent: the three land in shared, padded batches
         answers = list(pool.map(lambda c: _upload(client, c[0], model=name), cases))
     for (sent, local), r in zip(cases, answers, strict=True):
@@ -370,6 +375,7 @@ def test_metrics_and_request_ids(client, registry):
     assert f'brainforge_request_duration_seconds_bucket{{le="0.5",method="POST",model="{name}",route="/v2/models/{{name}}/infer",status="200"}}' in text
     assert f'brainforge_batch_size_count{{model="{name}",version="1"}}' in text
     assert f'brainforge_queue_depth{{model="{name}",version="1"}} 0.0' in text
+    assert "process_resident_memory_bytes" in text and "python_gc_objects_collected_total" in text  # default collectors
 
 
 # --- hot reload ---------------------------------------------------------------------------------------
