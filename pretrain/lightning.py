@@ -120,7 +120,7 @@ class PretrainModule(L.LightningModule):
         overrides: dict[str, Any] | None = None,
         embedding: str = "codebook",
         mask_ratio: float = 0.5,
-        mask_mode: str = "spans",
+        mask_mode: str = "random",
         mask_span: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
