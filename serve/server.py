@@ -26,6 +26,7 @@ def make_server(settings: Settings, configure_logging: bool = True) -> uvicorn.S
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, access_log=False, log_config=None,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None, lifespan="on",
+        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
     )
     return uvicorn.Server(config)
 

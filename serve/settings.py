@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     preload: bool = Field(True, description="load the latest version of every model at startup (ready when done)")
     rescan_interval_s: float = Field(1.0, ge=0, description="at most one registry rescan per interval (mtime check)")
     graceful_timeout_s: float = Field(30.0, ge=0, description="how long shutdown waits for in-flight requests")
+    keep_alive_s: float = Field(30.0, gt=0, description="idle keep-alive connections are closed after this many seconds; "
+                                "longer than clients' own expiry (httpx, requests, aiohttp: 5-15 s) so that the client "
+                                "drops an idle connection first and never sends on one the server just closed")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ...")
 
     @field_validator("registry")

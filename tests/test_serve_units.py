@@ -44,6 +44,15 @@ def test_settings_from_env_and_flags_win(tmp_path, monkeypatch):
             Settings(device="cuda")
 
 
+def test_server_keeps_idle_connections_longer_than_clients_do(tmp_path):
+    """uvicorn's default 5 s keep-alive equals httpx's pool expiry: a client could send on a connection the server
+    was closing (the soak's ReadErrors). The server's keep-alive comes from the settings, 30 s by default."""
+    from serve.server import make_server
+
+    assert make_server(Settings(registry=tmp_path), configure_logging=False).config.timeout_keep_alive == 30
+    assert make_server(Settings(registry=tmp_path, keep_alive_s=12), configure_logging=False).config.timeout_keep_alive == 12
+
+
 def test_cli_reports_bad_settings(tmp_path):
     p = subprocess.run([sys.executable, "-m", "serve", "--registry", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
