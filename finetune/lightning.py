@@ -29,7 +29,8 @@ from finetune.errors import LabelError
 from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
 from finetune.package import CHECKPOINT_KEY
-from pretrain.lightning import lr_factor
+from runkit.entry import OptionError
+from runkit.schedule import lr_factor
 
 log = logging.getLogger("brainforge.finetune")
 
@@ -251,15 +252,15 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if mode not in MODES:
-            raise ValueError(f"--model.mode {mode!r} must be one of {MODES}")
+            raise OptionError(f"--model.mode {mode!r} must be one of {MODES}")
         if baseline is not None and not is_baseline(baseline):
-            raise ValueError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
+            raise OptionError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
         if pretrained and baseline is None:
-            raise ValueError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
+            raise OptionError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
         if backbone_init not in BACKBONE_INITS:
-            raise ValueError(f"--model.backbone_init {backbone_init!r} must be one of {BACKBONE_INITS}")
+            raise OptionError(f"--model.backbone_init {backbone_init!r} must be one of {BACKBONE_INITS}")
         if baseline is None and not backbone:
-            raise ValueError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
+            raise OptionError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
         self.model: FoundationClassifier | BaselineClassifier | None = None
         self.facts: dict[str, Any] = {}
         self.last_eval: dict[str, dict] = {}
@@ -287,7 +288,7 @@ class FinetuneModule(L.LightningModule):
         source: dict[str, Any] = {}
         if hp.baseline:
             if len(channel_counts) != 1:
-                raise ValueError(f"baseline {hp.baseline} needs one channel set; the task has items with "
+                raise OptionError(f"baseline {hp.baseline} needs one channel set; the task has items with "
                                  f"{sorted(channel_counts)} channels")
             self.model = BaselineClassifier(hp.baseline, next(iter(channel_counts)), k, preprocessing.window_samples,
                                             preprocessing.spec.sfreq, hp.baseline_kwargs, pretrained=hp.pretrained)
@@ -415,10 +416,9 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     the provenance (package paths and hashes). ``backbone_init="random"``: the backbone's weights are a fresh
     initialisation of the same architecture instead (from the current torch RNG), except its frozen codebooks,
     which are the tokenizer's."""
-    from data.atomic import content_hash
     from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
-    from tokenizer.package import load_package
+    from tokenizer.package import load_package, package_reference
 
     if package_family(backbone) == FAMILY:  # an imported BrainOmni package: its own model family
         from finetune.brainomni import load_brainomni_classifier
@@ -427,9 +427,9 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     bb = load_backbone(backbone)
     tok_path = Path(tokenizer) if tokenizer else Path((bb.tokenizer or {}).get("path") or "")
     if not tokenizer and not (bb.tokenizer or {}).get("path"):
-        raise ValueError(f"backbone package {backbone} records no tokenizer package; pass --model.tokenizer")
+        raise OptionError(f"backbone package {backbone} records no tokenizer package; pass --model.tokenizer")
     if not (tok_path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
+        raise OptionError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
                                 "pass --model.tokenizer PKG")
     tok = load_package(tok_path).model
     model = FoundationClassifier(tok.config, bb.model.config, head, input=input)
@@ -441,7 +441,5 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
         fresh = MaskedTokenModel(bb.model.config).state_dict()
         state = {k: (state[k] if k == "codebooks" else v) for k, v in fresh.items()}
     model.backbone.load_state_dict(state)
-    source = {"backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors"),
-                           "init": backbone_init},
-              "tokenizer": {"path": str(tok_path.resolve()), "weights_sha256": content_hash(tok_path / "model.safetensors")}}
+    source = {"backbone": {**package_reference(backbone), "init": backbone_init}, "tokenizer": package_reference(tok_path)}
     return model, source

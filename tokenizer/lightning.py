@@ -7,12 +7,13 @@ the quantizer library guessing it at construction time, before the process group
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
 
+from runkit.entry import OptionError
+from runkit.schedule import lr_factor
 from tokenizer.config import TokenizerConfig
 from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
 from tokenizer.model import BrainTokenizer
@@ -25,7 +26,7 @@ def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) 
     base = TokenizerConfig.preset(preset).to_dict()
     unknown = sorted(set(overrides or {}) - set(base))
     if unknown:
-        raise ValueError(f"tokenizer config: unknown field(s) {unknown}; see tokenizer/config.py")
+        raise OptionError(f"tokenizer config: unknown field(s) {unknown}; see tokenizer/config.py")
     return TokenizerConfig.from_dict({**base, **(overrides or {})})
 
 
@@ -109,15 +110,8 @@ class TokenizerModule(L.LightningModule):
             lr=self.hparams.lr,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        hp = self.hparams
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- checkpoint extras ------------------------------------------------------------------------
