@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -28,6 +28,8 @@ import mne
 import numpy as np
 import scipy.fft
 from scipy.signal import firwin, resample_poly
+
+from runkit.config import DictConfig
 
 from .errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError, SamplingRateError
 from .sensors import SensorLayout, SensorType, layout_from_info
@@ -41,7 +43,7 @@ MAD_SAMPLES = 10_000  # samples per channel the calibration statistics look at (
 
 
 @dataclass
-class PreprocessingSpec:
+class PreprocessingSpec(DictConfig):
     """Everything needed to repeat the preprocessing exactly at fine-tuning and serving time."""
 
     version: int = SPEC_VERSION
@@ -82,14 +84,6 @@ class PreprocessingSpec:
         base = [self.line_freq or line_freq] if (self.line_freq or line_freq) else [50.0, 60.0]
         top = min(self.low_pass(sfreq_in), self.sfreq / 2)
         return sorted({float(f * k) for f in base for k in range(1, 50) if f * k < top})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessingSpec:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -1,5 +1,5 @@
 """Run plumbing shared by the training stages (tokenizer, pretrain, finetune): the ``python -m <stage>`` entry,
-the run-directory LightningCLI, checkpoint files, the learning-rate schedule and console noise.
+the run-directory LightningCLI, checkpoint files, the learning-rate schedule, dataclass configs and console noise.
 
 It imports no stage package, so every stage may import it. Modules:
 
@@ -7,5 +7,6 @@ It imports no stage package, so every stage may import it. Modules:
 - `runkit.console`: `quiet_third_party`, `verbose_requested`;
 - `runkit.cli`: `RunDirCLI` (run directory, CSV + TensorBoard logs, default callbacks and checkpoint plugin);
 - `runkit.checkpoints`: `AtomicCheckpointIO`, `RunCheckpoint`, `find_checkpoint`, `submodule_state`;
-- `runkit.schedule`: `lr_factor` (warm-up then cosine or warmup-stable-decay).
+- `runkit.schedule`: `lr_factor` (warm-up then cosine or warmup-stable-decay);
+- `runkit.config`: `DictConfig`, to_dict / from_dict for dataclass configs (unknown keys are an error).
 """
