@@ -56,8 +56,9 @@ class TokenizerModule(L.LightningModule):
         self.config = build_config(preset, overrides)
         self.model: BrainTokenizer | None = None
         self.preprocessing: dict[str, Any] = {}
-        self._val_metrics: ReconstructionMetrics | None = None
-        self._val_usage: CodebookUsage | None = None
+        # sum-reduced torchmetrics states: under DDP every rank computes the same keys and values
+        self.val_reconstruction = ReconstructionMetrics(self.config.sfreq)
+        self.val_usage = CodebookUsage(self.config.rvq_levels, self.config.codebook_size)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -82,19 +83,19 @@ class TokenizerModule(L.LightningModule):
         return out["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        self._val_metrics = ReconstructionMetrics(self.config.sfreq)
-        self._val_usage = CodebookUsage(self.config.rvq_levels, self.config.codebook_size)
+        self.val_reconstruction.reset()
+        self.val_usage.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch, channel_dropout=False)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["signal"].shape[0], sync_dist=True)
-        self._val_metrics.update(out["recon"], batch["signal"], batch["types"], batch["channel_mask"])
-        self._val_usage.update(out["indices"])
+        self.val_reconstruction.update(out["recon"], batch["signal"], batch["types"], batch["channel_mask"])
+        self.val_usage.update(out["indices"])
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {**self._val_metrics.compute(), **self._val_usage.compute()}
+        metrics = {**self.val_reconstruction.compute(), **self.val_usage.compute()}
         keep = ("eeg/pcc", "eeg/nmse", "meg/pcc", "meg/nmse", "usage_l0", "usage_l1", "usage_l2", "usage_l3")
-        for k in keep:
+        for k in keep:  # compute() reduced the states over ranks: every rank has the same keys, in the same order
             if k in metrics:
                 self.log(f"val/{k}", metrics[k], sync_dist=True)
 
