@@ -101,9 +101,13 @@ class Window:
     signal: np.ndarray
 
 
-def _rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
+def rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
+    """(up, down) of the polyphase resampling from ``sfreq_in`` to ``sfreq_out``."""
     frac = Fraction(sfreq_out / sfreq_in).limit_denominator(2000)
     return frac.numerator, frac.denominator
+
+
+_rational_ratio = rational_ratio  # old name, still imported by finetune/preprocessing.py
 
 
 def _design_band_filter(sf: float, l_freq: float | None, h_freq: float, notch_freqs: tuple[float, ...]) -> np.ndarray:
@@ -197,7 +201,7 @@ class RecordingPipeline:
             raise RecordingTooShortError(
                 f"{self.name}: {duration:.3f} s of data is shorter than one {spec.window_s:g} s window"
             )
-        self.up, self.down = _rational_ratio(spec.sfreq, self.sfreq_in)
+        self.up, self.down = rational_ratio(spec.sfreq, self.sfreq_in)
         self.sfreq_out = self.sfreq_in * self.up / self.down  # equals spec.sfreq up to the rational approximation
         self.notch_freqs = spec.notch_freqs(self.sfreq_in, raw.info.get("line_freq"))
         self._band_key = (spec.sfreq, spec.l_freq, low, tuple(self.notch_freqs))
