@@ -26,6 +26,7 @@ NOISE_LINES = (
 #: (message regex, category) of known-harmless third-party warnings
 NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"Your `IterableDataset` has `__len__` defined", UserWarning),
     (r"Length of IterableDataset .* was reported to be", UserWarning),
     (r"Found \d+ module\(s\) in eval mode", UserWarning),
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),

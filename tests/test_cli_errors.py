@@ -108,6 +108,7 @@ def test_noise_is_filtered_and_our_output_kept(monkeypatch) -> None:
         warnings.simplefilter("always")
         quiet_third_party()
         warnings.warn("Found 3 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+        warnings.warn("Your `IterableDataset` has `__len__` defined. In combination with ...", UserWarning, stacklevel=1)
         warnings.warn("our own warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["our own warning"]
     record = logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0,
