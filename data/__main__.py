@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from runkit.console import quiet_third_party, strip_verbose, verbose_requested
+
 from .describe import describe
 from .errors import BrainforgeDataError
 from .preprocess import PreprocessingSpec
@@ -15,7 +17,8 @@ from .shards import merge, prepare, skip_message
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data", description="brainforge data stage: MNE recordings -> litdata window shards.")
+    p = argparse.ArgumentParser(prog="python -m data", description="brainforge data stage: MNE recordings -> litdata window shards.",
+                                epilog="--verbose (anywhere) or BRAINFORGE_LOG_LEVEL=DEBUG: also show third-party messages")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pr = sub.add_parser(
@@ -83,7 +86,9 @@ def _node(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party(verbose_requested(argv))
+    args = _parser().parse_args(strip_verbose(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "prepare":

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
+from runkit.entry import OptionError
+
 from .sensors import channel_identities
 from .shards import check_shard_index, read_manifest
 
@@ -142,7 +144,7 @@ class WindowDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if balance not in ("window", "recording"):
-            raise ValueError(f"WindowDataModule: balance must be 'window' or 'recording', got {balance!r}")
+            raise OptionError(f"WindowDataModule: balance must be 'window' or 'recording', got {balance!r}")
         self.save_hyperparameters()
         self.train_ds: StreamingDataset | None = None
         self.val_ds: StreamingDataset | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -29,6 +29,8 @@ import mne
 import numpy as np
 import scipy.fft
 from scipy.signal import firwin, resample_poly
+
+from runkit.config import DictConfig
 
 from .errors import NoSensorChannelsError, NoUsableWindowsError, RecordingTooShortError, SamplingRateError
 from .sensors import SensorLayout, SensorType, layout_from_info
@@ -42,7 +44,7 @@ MAD_SAMPLES = 10_000  # samples per channel the calibration statistics look at (
 
 
 @dataclass
-class PreprocessingSpec:
+class PreprocessingSpec(DictConfig):
     """Everything needed to repeat the preprocessing exactly at fine-tuning and serving time."""
 
     version: int = SPEC_VERSION
@@ -84,14 +86,6 @@ class PreprocessingSpec:
         top = min(self.low_pass(sfreq_in), self.sfreq / 2)
         return sorted({float(f * k) for f in base for k in range(1, 50) if f * k < top})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessingSpec:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
@@ -126,6 +120,8 @@ def rational_ratio(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
     """(up, down) with ``up / down`` ~ ``sfreq_out / sfreq_in`` (denominator at most 2000): the polyphase resampling ratio."""
     frac = Fraction(sfreq_out / sfreq_in).limit_denominator(2000)
     return frac.numerator, frac.denominator
+
+
 
 
 def _design_band_filter(sf: float, l_freq: float | None, h_freq: float, notch_freqs: tuple[float, ...]) -> np.ndarray:

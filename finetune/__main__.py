@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any
 
-from tokenizer.entry import stage_main
+from runkit.entry import stage_main
 
 TOOLS = ("export", "predict", "list")
 
@@ -99,7 +99,16 @@ def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None 
 
         FinetuneCLI(FinetuneModule, FinetuneDataModule, args=args, trainer_defaults=trainer_defaults)
 
-    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli, user_errors=_user_errors)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from data.errors import BrainforgeDataError
+    from finetune.errors import FinetuneDataError, ModelPackageError
+    from pretrain.package import BackbonePackageError
+    from tokenizer.package import TokenizerPackageError
+
+    return BrainforgeDataError, FinetuneDataError, ModelPackageError, TokenizerPackageError, BackbonePackageError
 
 
 if __name__ == "__main__":

@@ -134,8 +134,8 @@ class BrainOmniClassifier(nn.Module):
 
 def load_brainomni_classifier(backbone: str, tokenizer: str | None, head: HeadConfig) -> tuple[BrainOmniClassifier, dict]:
     """An imported BrainOmni backbone package -> a classifier with its weights (head random), and provenance."""
-    from data.atomic import content_hash
     from pretrain.brainomni.convert import load_brainomni_package
+    from tokenizer.package import package_reference
 
     tok, bb, meta = load_brainomni_package(backbone, tokenizer)
     if bb is None:
@@ -146,7 +146,6 @@ def load_brainomni_classifier(backbone: str, tokenizer: str | None, head: HeadCo
     model.backbone.load_state_dict(bb.state_dict())
     tok_path = Path(meta["tokenizer_path"])
     source = {"family": KIND,
-              "backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors")},
-              "tokenizer": {"path": str(tok_path.resolve()), "weights_sha256": content_hash(tok_path / "model.safetensors")},
+              "backbone": package_reference(backbone), "tokenizer": package_reference(tok_path),
               "origin": (meta.get("backbone") or {}).get("source", {}).get("origin")}
     return model, source

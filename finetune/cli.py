@@ -1,4 +1,4 @@
-"""`FinetuneCLI`: the tokenizer's `RunDirCLI` (run directory, CSV + TensorBoard logs) with checkpoint selection
+"""`FinetuneCLI`: `runkit.cli.RunDirCLI` (run directory, CSV + TensorBoard logs) with checkpoint selection
 and early stopping on the validation split, and a final test of the chosen checkpoint.
 
 Checkpoints: ``<run>/checkpoints/best.ckpt`` (highest ``val/selection``: balanced accuracy, ties broken by lower
@@ -12,48 +12,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser
 
 from data.atomic import write_json_atomic
-from pretrain.cli import AtomicCheckpointIO
-from tokenizer.cli import RunDirCLI
+from runkit.cli import RunDirCLI, has_instance
 
 log = logging.getLogger("brainforge.finetune")
 MONITOR = "val/selection"
 
 
 class FinetuneCLI(RunDirCLI):
-    """``python -m finetune fit``: default run directory ``runs/finetune``."""
+    """``python -m finetune fit``: default run directory ``runs/finetune``; atomic checkpoint files."""
 
     stage = "finetune"
+    atomic_checkpoints = True
     supported = ("fit", "validate", "test")  # `python -m finetune predict` is the packaged-model tool
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--early_stopping_patience", type=int, default=10,
                             help="stop after this many validation epochs without a better val/selection (0: never)")
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        root = config.get("default_root_dir") or f"runs/{self.stage}"
-        config["default_root_dir"] = root
-        given = config.get("callbacks") or []
-        given = given if isinstance(given, list) else [given]
+    def default_callbacks(self, root: str, present: list[Callback]) -> list[Callback]:
+        """``best.ckpt`` (highest val/selection) + ``last.ckpt``, and early stopping on the same value."""
         extra: list[Callback] = []
-        if not any(isinstance(c, ModelCheckpoint) for c in [*given, *callbacks]):
+        if not has_instance(present, ModelCheckpoint):
             extra.append(ModelCheckpoint(dirpath=f"{root}/checkpoints", filename="best", monitor=MONITOR, mode="max",
                                          save_top_k=1, save_last=True, enable_version_counter=False))
         patience = self._get(self.config, "early_stopping_patience", default=10)
-        if patience and not any(isinstance(c, EarlyStopping) for c in [*given, *callbacks]):
+        if patience and not has_instance(present, EarlyStopping):
             extra.append(EarlyStopping(monitor=MONITOR, mode="max", patience=patience))
-        config["callbacks"] = [*given, *extra]
-        plugins = config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        return extra
 
     def after_fit(self) -> None:
         evaluate_best(self.trainer, self.model, self.datamodule)

@@ -14,10 +14,10 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     initialisation of the same architecture instead (from the current torch RNG), except its frozen codebooks,
     which are the tokenizer's. ``input_kind``: ``latents`` or ``tokens`` (`FoundationClassifier`). ``preprocessing`` (the task's `TaskPreprocessing`), when given, must agree with the
     tokenizer's sampling rate and hop (`check_tokenizer_agrees`)."""
-    from data.atomic import content_hash
     from pretrain.brainomni.convert import FAMILY, package_family
     from pretrain.package import load_backbone
-    from tokenizer.package import load_package
+    from runkit.entry import OptionError
+    from tokenizer.package import load_package, package_reference
 
     if package_family(backbone) == FAMILY:  # an imported BrainOmni package: its own model family
         from finetune.brainomni import load_brainomni_classifier
@@ -26,10 +26,10 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
     bb = load_backbone(backbone)
     tok_path = Path(tokenizer) if tokenizer else Path((bb.tokenizer or {}).get("path") or "")
     if not tokenizer and not (bb.tokenizer or {}).get("path"):
-        raise ValueError(f"backbone package {backbone} records no tokenizer package; pass --model.tokenizer")
+        raise OptionError(f"backbone package {backbone} records no tokenizer package; pass --model.tokenizer")
     if not (tok_path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
-                                "pass --model.tokenizer PKG")
+        raise OptionError(f"tokenizer package {tok_path} (named by backbone package {backbone}) is not there; "
+                          "pass --model.tokenizer PKG")
     tok_package = load_package(tok_path)
     tok = tok_package.model
     if preprocessing is not None:
@@ -46,7 +46,5 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
         fresh = MaskedTokenModel(bb.model.config).state_dict()
         state = {k: (state[k] if k == "codebooks" else v) for k, v in fresh.items()}
     model.backbone.load_state_dict(state)
-    source = {"backbone": {"path": str(Path(backbone).resolve()), "weights_sha256": content_hash(Path(backbone) / "model.safetensors"),
-                           "init": backbone_init},
-              "tokenizer": {"path": str(tok_path.resolve()), "weights_sha256": content_hash(tok_path / "model.safetensors")}}
+    source = {"backbone": {**package_reference(backbone), "init": backbone_init}, "tokenizer": package_reference(tok_path)}
     return model, source

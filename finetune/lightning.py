@@ -30,7 +30,8 @@ from finetune.foundation import load_foundation
 from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
 from finetune.package import CHECKPOINT_KEY
-from pretrain.lightning import lr_factor
+from runkit.entry import OptionError
+from runkit.schedule import lr_factor
 
 log = logging.getLogger("brainforge.finetune")
 
@@ -263,15 +264,15 @@ class FinetuneModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if mode not in MODES:
-            raise ValueError(f"--model.mode {mode!r} must be one of {MODES}")
+            raise OptionError(f"--model.mode {mode!r} must be one of {MODES}")
         if baseline is not None and not is_baseline(baseline):
-            raise ValueError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
+            raise OptionError(f"--model.baseline {baseline!r} must be one of {BASELINES} or a braindecode model class name")
         if pretrained and baseline is None:
-            raise ValueError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
+            raise OptionError("--model.pretrained loads a braindecode model: give --model.baseline too (e.g. labram)")
         if backbone_init not in BACKBONE_INITS:
-            raise ValueError(f"--model.backbone_init {backbone_init!r} must be one of {BACKBONE_INITS}")
+            raise OptionError(f"--model.backbone_init {backbone_init!r} must be one of {BACKBONE_INITS}")
         if baseline is None and not backbone:
-            raise ValueError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
+            raise OptionError("--model.backbone (a backbone package directory) is required unless --model.baseline is given")
         self.model: FoundationClassifier | BaselineClassifier | None = None
         self.facts: dict[str, Any] = {}
         self.last_eval: dict[str, dict] = {}
@@ -299,7 +300,7 @@ class FinetuneModule(L.LightningModule):
         source: dict[str, Any] = {}
         if hp.baseline:
             if len(channel_counts) != 1:
-                raise ValueError(f"baseline {hp.baseline} needs one channel set; the task has items with "
+                raise OptionError(f"baseline {hp.baseline} needs one channel set; the task has items with "
                                  f"{sorted(channel_counts)} channels")
             self.model = BaselineClassifier(hp.baseline, next(iter(channel_counts)), k, preprocessing.window_samples,
                                             preprocessing.spec.sfreq, hp.baseline_kwargs, pretrained=hp.pretrained)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from finetune.baselines import BaselineClassifier
 from pretrain.model import BackboneConfig, MaskedTokenModel
+from runkit.config import DictConfig
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import BrainTokenizer
 
@@ -45,7 +46,7 @@ LORA_TARGETS = r".*blocks\.\d+\.(spatial|temporal)\.(qkv|out)|.*blocks\.\d+\.ffn
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(DictConfig):
     """Classification head: pooling over latents x frames, then LayerNorm -> Linear -> GELU -> Dropout -> Linear."""
 
     n_classes: int = 2
@@ -61,15 +62,6 @@ class HeadConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"HeadConfig: pooling {self.pooling!r} must be one of {POOLINGS}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HeadConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"HeadConfig: unknown field(s) {unknown}")
-        return cls(**d)
 
 
 class PoolingHead(nn.Module):

@@ -304,6 +304,7 @@ def export_run(run: str | Path, registry: str | Path, name: str, baseline_run: s
     version of REGISTRY/NAME. ``baseline_run``: a baseline run on the same task whose test metrics go beside
     this model's in metrics.json and the model card."""
     from finetune.model import build_classifier, has_lora, merge_lora
+    from runkit.checkpoints import submodule_state
 
     run = Path(run)
     ckpt = Path(checkpoint) if checkpoint else best_checkpoint(run)
@@ -321,8 +322,7 @@ def export_run(run: str | Path, registry: str | Path, name: str, baseline_run: s
         from finetune.model import add_lora
 
         add_lora(model.backbone, **facts["lora"])
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    model.load_state_dict(submodule_state(state))
     if has_lora(model):
         merge_lora(model)
     model.eval()

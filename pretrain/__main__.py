@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from tokenizer.entry import stage_main
+from runkit.entry import stage_main
 
 TOOLS = ("export", "import")
 
@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None, trainer_defaults: dict[str, Any] | None 
 
         PretrainCLI(PretrainModule, PretrainDataModule, args=args, trainer_defaults=trainer_defaults)
 
-    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli, user_errors=_user_errors)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from data.errors import BrainforgeDataError
+    from pretrain.package import BackbonePackageError
+    from tokenizer.package import TokenizerPackageError
+
+    return BrainforgeDataError, TokenizerPackageError, BackbonePackageError
 
 
 if __name__ == "__main__":

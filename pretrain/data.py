@@ -32,6 +32,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 
 from data.shards import check_shard_index
+from runkit.entry import OptionError
 from tokenizer.encode import read_token_manifest
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class SegmentDataset(StreamingDataset):
                  manifest: dict | None = None, **kwargs) -> None:
         """``manifest``: the token manifest dict, needed only for object-store URLs (read locally otherwise)."""
         if segment_windows < 1:
-            raise ValueError(f"segment_windows must be >= 1, got {segment_windows}")
+            raise OptionError(f"segment_windows must be >= 1, got {segment_windows}")
         local = "://" not in str(tokens)
         path = str(Path(tokens).resolve()) if local else str(tokens)
         if manifest is None:

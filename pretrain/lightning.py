@@ -17,7 +17,6 @@ global RNG, so a resumed run draws exactly the masks an uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import lightning as L
@@ -33,22 +32,14 @@ from pretrain.model import (
     sample_mask,
     unigram_floor_accuracy,
 )
+from runkit.entry import OptionError
+from runkit.schedule import lr_factor
+from tokenizer.package import package_reference
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_KEY = "brainforge_tokenizer"
 BACKBONE_KEY = "brainforge_backbone_config"
-
-
-def tokenizer_facts(path: str) -> dict[str, Any]:
-    """Path and content hashes of a tokenizer package (what a backbone package refers to)."""
-    from pathlib import Path
-
-    from data.atomic import content_hash
-
-    root = Path(path).resolve()
-    return {"path": str(root), "config_sha256": content_hash(root / "config.json"),
-            "weights_sha256": content_hash(root / "model.safetensors")}
 
 
 def load_tokenizer_codebooks(path: str) -> tuple[Tensor, dict[str, int]]:
@@ -61,24 +52,6 @@ def load_tokenizer_codebooks(path: str) -> tuple[Tensor, dict[str, int]]:
     sizes = {"n_latent": cfg.n_latent, "rvq_levels": cfg.rvq_levels, "codebook_size": cfg.codebook_size,
              "codebook_dim": cfg.codebook_dim}
     return codebooks, sizes
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float, decay_fraction: float) -> float:
-    """Multiplier of the peak lr at ``step``: linear warm-up, then ``cosine`` to ``min_ratio`` over the run, or
-    ``wsd`` (warmup-stable-decay): flat, then linear decay to ``min_ratio`` over the last ``decay_fraction``."""
-    warm = max(1, warmup)
-    if step < warm:
-        return (step + 1) / warm
-    if schedule == "cosine":
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "wsd":
-        decay_start = max(warm, int(total * (1 - decay_fraction)))
-        if step < decay_start:
-            return 1.0
-        progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
-        return 1.0 - (1 - min_ratio) * progress
-    raise ValueError(f"schedule {schedule!r} must be 'cosine' or 'wsd'")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -137,22 +110,22 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio {mask_ratio} must be in (0, 1)")
+            raise OptionError(f"mask_ratio {mask_ratio} must be in (0, 1)")
         if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
+            raise OptionError(f"mask_mode {mask_mode!r} must be one of {MASK_MODES}")
         if mask_span < 1:
-            raise ValueError(f"mask_span {mask_span} must be >= 1 frame")
+            raise OptionError(f"mask_span {mask_span} must be >= 1 frame")
         if regression_weight < 0:
-            raise ValueError(f"regression_weight {regression_weight} must be >= 0")
+            raise OptionError(f"regression_weight {regression_weight} must be >= 0")
         if regression_weight > 0 and embedding != "codebook":
-            raise ValueError(f"regression_weight {regression_weight} regresses codebook vectors and needs embedding "
-                             f"'codebook', not {embedding!r}; pass --model.regression_weight 0 with learned embeddings")
+            raise OptionError(f"regression_weight {regression_weight} regresses codebook vectors and needs embedding "
+                              f"'codebook', not {embedding!r}; pass --model.regression_weight 0 with learned embeddings")
         codebooks, sizes = load_tokenizer_codebooks(tokenizer)
         self.config = build_config(
             preset, {**(overrides or {}), "embedding": embedding, "regression_head": regression_weight > 0}, **sizes
         )
         self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
-        self.tokenizer_facts = tokenizer_facts(tokenizer)
+        self.tokenizer_facts = package_reference(tokenizer)
         # code histogram of the training tokens seen so far (floor predictor); saved in checkpoints. Under
         # DDP, buffers are broadcast from rank 0 before each forward, so every rank uses rank 0's histogram.
         self.register_buffer("code_counts", torch.zeros(self.config.rvq_levels, self.config.codebook_size, dtype=torch.long))

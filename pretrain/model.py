@@ -17,16 +17,18 @@ K codebook size, D model width.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runkit.config import DictConfig
+
 
 @dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(DictConfig):
     """Sizes of the backbone. ``n_latent``, ``rvq_levels``, ``codebook_size`` and ``codebook_dim`` come
     from the tokenizer package; the rest from a preset (`test`, `tiny`, `base`, `large`)."""
 
@@ -53,15 +55,6 @@ class BackboneConfig:
     def ffn_hidden(self) -> int:
         return int(math.ceil(self.ffn_mult * self.d_model / 32) * 32)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BackboneConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"BackboneConfig: unknown field(s) {unknown}; see pretrain/model.py")
-        return cls(**d)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

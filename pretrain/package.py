@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from data.atomic import atomic_directory, content_hash, write_json_atomic
 from pretrain.model import BackboneConfig, MaskedTokenModel
-from tokenizer.cli import find_checkpoint
+from runkit.checkpoints import find_checkpoint, submodule_state
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> Pat
         raise BackbonePackageError(f"{ckpt} is not a PretrainModule checkpoint (no {BACKBONE_KEY!r} entry)")
     hp = state.get("hyper_parameters", {})
     config = BackboneConfig.from_dict(state[BACKBONE_KEY])
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
     model = MaskedTokenModel(config)
-    model.load_state_dict(weights)  # checks the config against the weights
+    model.load_state_dict(submodule_state(state))  # checks the config against the weights
     tok = state.get(TOKENIZER_KEY) or {"path": hp.get("tokenizer")}
     meta = {
         "format_version": FORMAT_VERSION,

@@ -47,9 +47,10 @@ def tiny_tokenizer_package(out: Path, seed: int = 0) -> Path:
 def test_backbone_package(tokenizer_pkg: Path, out: Path, seed: int = 0) -> Path:
     """A randomly initialised backbone of preset ``test`` on the tokenizer's codebooks, packaged like
     ``python -m pretrain export`` does (config.json + model.safetensors + reference to the tokenizer)."""
-    from pretrain.lightning import load_tokenizer_codebooks, tokenizer_facts
+    from pretrain.lightning import load_tokenizer_codebooks
     from pretrain.model import MaskedTokenModel, build_config
     from pretrain.package import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+    from tokenizer.package import package_reference
 
     torch.manual_seed(seed)
     codebooks, sizes = load_tokenizer_codebooks(str(tokenizer_pkg))
@@ -58,7 +59,7 @@ def test_backbone_package(tokenizer_pkg: Path, out: Path, seed: int = 0) -> Path
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
     meta = {"format_version": FORMAT_VERSION, "model": "MaskedTokenModel", "config": cfg.to_dict(),
-            "tokenizer": tokenizer_facts(str(tokenizer_pkg)), "training": {"note": "random init (test fixture)"}}
+            "tokenizer": package_reference(tokenizer_pkg), "training": {"note": "random init (test fixture)"}}
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return out
 

@@ -17,7 +17,7 @@ def _overrides(module_cls, step: str) -> bool:
 def test_listed_subcommands_have_steps_and_the_others_are_refused(stage, capsys):
     import importlib
 
-    from tokenizer.cli import RunDirCLI
+    from runkit.cli import RunDirCLI
 
     cli_cls = {"tokenizer": RunDirCLI, "pretrain": importlib.import_module("pretrain.cli").PretrainCLI,
                "finetune": importlib.import_module("finetune.cli").FinetuneCLI}[stage]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pretrain.lightning import PretrainModule, lr_factor, param_groups
+from pretrain.lightning import PretrainModule, param_groups
 from pretrain.model import (
     PRESETS,
     MaskedTokenModel,
@@ -19,6 +19,7 @@ from pretrain.model import (
     sample_mask,
     unigram_floor_accuracy,
 )
+from runkit.schedule import lr_factor
 from tokenizer import BrainTokenizer, TokenizerConfig
 from tokenizer.package import save_package
 

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenizer.entry import stage_main
+from runkit.entry import stage_main
 
 TOOLS = ("export", "encode", "eval")
 
@@ -81,7 +81,7 @@ def _tools(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     def run_cli(args: list[str] | None) -> None:
         from data.dataset import WindowDataModule
-        from tokenizer.cli import RunDirCLI
+        from runkit.cli import RunDirCLI
         from tokenizer.lightning import TokenizerModule
 
         class TokenizerCLI(RunDirCLI):
@@ -89,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
         TokenizerCLI(TokenizerModule, WindowDataModule, args=args)
 
-    return stage_main(argv, __doc__, TOOLS, _tools, run_cli)
+    return stage_main(argv, __doc__, TOOLS, _tools, run_cli, user_errors=_user_errors)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from data.errors import BrainforgeDataError
+    from tokenizer.package import TokenizerPackageError
+
+    return BrainforgeDataError, TokenizerPackageError
 
 
 if __name__ == "__main__":

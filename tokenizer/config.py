@@ -8,8 +8,10 @@ hop 64, 8 frames, 16 latents, 4 levels of 1024 codes = 512 tokens per 2 s window
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from runkit.config import DictConfig
 
 
 def _to_tuples(value: Any) -> Any:
@@ -20,7 +22,7 @@ def _to_tuples(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(DictConfig):
     """Sizes and loss weights of a BrainTokenizer. Lengths are in samples, frequencies in Hz."""
 
     # window and framing
@@ -112,18 +114,9 @@ class TokenizerConfig:
         """rfft bins of the STFT path."""
         return self.stft_n_fft // 2 + 1
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists when dumped)."""
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"TokenizerConfig.from_dict: unknown field(s) {unknown}")
-        return cls(**{k: _to_tuples(v) for k, v in d.items()})
+    def _from_json(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return {k: _to_tuples(v) for k, v in d.items()}
 
     @classmethod
     def tiny(cls) -> TokenizerConfig:

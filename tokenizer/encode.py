@@ -20,7 +20,7 @@ import torch
 from data import check_item_fields, check_shard_index, read_manifest
 from data.atomic import atomic_directory, content_hash, write_json_atomic
 from data.dataset import WindowCollator, window_dataset
-from tokenizer.package import load_package
+from tokenizer.package import load_package, package_reference
 
 TOKEN_SCHEMA_VERSION = 1
 
@@ -102,8 +102,7 @@ def _token_manifest(tmp: Path, package: str, src: dict, cfg, seconds: float) -> 
         "n_windows": len(items),
         "token_shape": [cfg.n_latent, cfg.n_frames, cfg.rvq_levels],
         "codebook_size": cfg.codebook_size,
-        "tokenizer": {"path": package, "config_sha256": content_hash(Path(package) / "config.json"),
-                      "weights_sha256": content_hash(Path(package) / "model.safetensors")},
+        "tokenizer": package_reference(package),
         "preprocessing": src["preprocessing"],
         "source_shards": {"n_windows": src["n_windows"], "shard_sha256": src["shard_sha256"]},
         "recordings": list(recs.values()),

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from data.atomic import atomic_directory
-from tokenizer.cli import find_checkpoint
+from runkit.checkpoints import find_checkpoint, submodule_state
 from tokenizer.lightning import PREPROCESSING_KEY, build_config
 from tokenizer.model import BrainTokenizer
 from tokenizer.package import TokenizerPackageError, save_package
@@ -19,8 +19,7 @@ def model_from_checkpoint(ckpt: Path) -> tuple[BrainTokenizer, dict, dict]:
     hp = state.get("hyper_parameters", {})
     config = build_config(hp.get("preset", "tiny"), hp.get("overrides"))
     model = BrainTokenizer(config)
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    model.load_state_dict(submodule_state(state))
     facts = {"checkpoint": str(ckpt), "global_step": state.get("global_step"), "epoch": state.get("epoch")}
     return model.eval(), state.get(PREPROCESSING_KEY, {}), facts
 

@@ -7,12 +7,13 @@ the quantizer library guessing it at construction time, before the process group
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
 
+from runkit.entry import OptionError
+from runkit.schedule import lr_factor
 from tokenizer.config import TokenizerConfig
 from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
 from tokenizer.model import BrainTokenizer
@@ -25,7 +26,7 @@ def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) 
     base = TokenizerConfig.preset(preset).to_dict()
     unknown = sorted(set(overrides or {}) - set(base))
     if unknown:
-        raise ValueError(f"tokenizer config: unknown field(s) {unknown}; see tokenizer/config.py")
+        raise OptionError(f"tokenizer config: unknown field(s) {unknown}; see tokenizer/config.py")
     return TokenizerConfig.from_dict({**base, **(overrides or {})})
 
 
@@ -55,8 +56,9 @@ class TokenizerModule(L.LightningModule):
         self.config = build_config(preset, overrides)
         self.model: BrainTokenizer | None = None
         self.preprocessing: dict[str, Any] = {}
-        self._val_metrics: ReconstructionMetrics | None = None
-        self._val_usage: CodebookUsage | None = None
+        # sum-reduced torchmetrics states: under DDP every rank computes the same keys and values
+        self.val_reconstruction = ReconstructionMetrics(self.config.sfreq)
+        self.val_usage = CodebookUsage(self.config.rvq_levels, self.config.codebook_size)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -81,19 +83,19 @@ class TokenizerModule(L.LightningModule):
         return out["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        self._val_metrics = ReconstructionMetrics(self.config.sfreq)
-        self._val_usage = CodebookUsage(self.config.rvq_levels, self.config.codebook_size)
+        self.val_reconstruction.reset()
+        self.val_usage.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch, channel_dropout=False)
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=batch["signal"].shape[0], sync_dist=True)
-        self._val_metrics.update(out["recon"], batch["signal"], batch["types"], batch["channel_mask"])
-        self._val_usage.update(out["indices"])
+        self.val_reconstruction.update(out["recon"], batch["signal"], batch["types"], batch["channel_mask"])
+        self.val_usage.update(out["indices"])
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {**self._val_metrics.compute(), **self._val_usage.compute()}
+        metrics = {**self.val_reconstruction.compute(), **self.val_usage.compute()}
         keep = ("eeg/pcc", "eeg/nmse", "meg/pcc", "meg/nmse", "usage_l0", "usage_l1", "usage_l2", "usage_l3")
-        for k in keep:
+        for k in keep:  # compute() reduced the states over ranks: every rank has the same keys, in the same order
             if k in metrics:
                 self.log(f"val/{k}", metrics[k], sync_dist=True)
 
@@ -109,15 +111,8 @@ class TokenizerModule(L.LightningModule):
             lr=self.hparams.lr,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm, floor = max(1, self.hparams.warmup_steps), self.hparams.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        hp = self.hparams
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- checkpoint extras ------------------------------------------------------------------------

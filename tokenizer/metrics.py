@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from data.sensors import SensorType
 from tokenizer.config import TokenizerConfig
@@ -68,54 +69,71 @@ def channel_metrics(pred: Tensor, target: Tensor, sfreq: float, log_amp_floor: f
     return out
 
 
-class ReconstructionMetrics:
-    """Running means of `channel_metrics` over real channels, per modality (``eeg``, ``meg``).
+#: names of `channel_metrics` (bands without an rfft bin below Nyquist are simply never counted)
+METRIC_NAMES: tuple[str, ...] = ("mae", "nmse", "pcc", *(f"logamp_{b}" for b in BANDS), *(f"phase_{b}" for b in BANDS))
+
+
+class ReconstructionMetrics(Metric):
+    """Means of `channel_metrics` over real channels, per modality (``eeg``, ``meg``), as a torchmetrics `Metric`.
 
     ``update(pred, target, types, channel_mask)`` with [B, C, T], [B, C, T], [B, C], [B, C] bool;
-    ``compute()`` -> {"eeg/mae": ..., "meg/phase_alpha": ..., ...} as floats (modalities seen only).
+    ``compute()`` -> {"eeg/mae": ..., "meg/phase_alpha": ..., ...} as floats for the metrics seen. The states
+    (sums and counts per modality and metric) are sum-reduced, so under DDP ``compute()`` gives every rank the
+    same keys and the values one process would get on all the data.
     """
 
-    def __init__(self, sfreq: float, log_amp_floor: float = 0.1) -> None:
+    full_state_update = False
+
+    def __init__(self, sfreq: float, log_amp_floor: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.sfreq = sfreq
         self.log_amp_floor = log_amp_floor
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        shape = (len(MODALITIES), len(METRIC_NAMES))
+        self.add_state("sums", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(shape, dtype=torch.long), dist_reduce_fx="sum")
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, types: Tensor, channel_mask: Tensor | None = None) -> None:
         mask = torch.ones_like(types, dtype=torch.bool) if channel_mask is None else channel_mask.bool()
-        for modality, members in MODALITIES.items():
+        for m, members in enumerate(MODALITIES.values()):
             sel = mask & torch.isin(types, torch.tensor([int(t) for t in members], device=types.device))
             if not sel.any():
                 continue
             for name, values in channel_metrics(pred[sel], target[sel], self.sfreq, self.log_amp_floor).items():
-                self.sums[f"{modality}/{name}"] += values.sum().item()
-                self.counts[f"{modality}/{name}"] += values.numel()
+                i = METRIC_NAMES.index(name)
+                self.sums[m, i] += values.sum().to(self.sums)
+                self.counts[m, i] += values.numel()
 
     def compute(self) -> dict[str, float]:
-        return {key: self.sums[key] / self.counts[key] for key in sorted(self.sums)}
+        sums, counts = self.sums.cpu(), self.counts.cpu()
+        out = {f"{modality}/{name}": (sums[m, i] / counts[m, i]).item()
+               for m, modality in enumerate(MODALITIES) for i, name in enumerate(METRIC_NAMES) if counts[m, i] > 0}
+        return dict(sorted(out.items()))
 
 
-class CodebookUsage:
-    """Per-level histograms of code indices, accumulable over batches.
+class CodebookUsage(Metric):
+    """Per-level histograms of code indices, as a torchmetrics `Metric` (sum-reduced counts under DDP).
 
     ``update(indices)`` with indices [..., L] int; ``compute()`` -> {"usage_l0": fraction of the K codes
-    used at least once, "perplexity_l0": exp(entropy of the code histogram), ...} per level.
+    used at least once, "perplexity_l0": exp(entropy of the code histogram), ...} per level, over all ranks.
     """
 
-    def __init__(self, n_levels: int, codebook_size: int) -> None:
+    full_state_update = False
+
+    def __init__(self, n_levels: int, codebook_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.codebook_size = codebook_size
-        self.counts = torch.zeros(n_levels, codebook_size, dtype=torch.long)
+        self.add_state("counts", torch.zeros(n_levels, codebook_size, dtype=torch.long), dist_reduce_fx="sum")
 
     @torch.no_grad()
     def update(self, indices: Tensor) -> None:
-        flat = indices.reshape(-1, indices.shape[-1]).long().cpu()
+        flat = indices.reshape(-1, indices.shape[-1]).long().to(self.counts.device)
         for level in range(self.counts.shape[0]):
             self.counts[level] += torch.bincount(flat[:, level], minlength=self.codebook_size)
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for level, counts in enumerate(self.counts):
+        for level, counts in enumerate(self.counts.cpu()):
             p = counts.double() / counts.sum().clamp_min(1)
             entropy = -(p[p > 0] * p[p > 0].log()).sum()
             out[f"usage_l{level}"] = (counts > 0).double().mean().item()

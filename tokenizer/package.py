@@ -25,6 +25,16 @@ PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
 
 
+def package_reference(path: str | os.PathLike) -> dict[str, str]:
+    """How a manifest or a later package refers to a package directory (tokenizer, backbone, ...): its absolute
+    path and the sha256 of its ``config.json`` and ``model.safetensors``."""
+    from data.atomic import content_hash
+
+    root = Path(path).resolve()
+    return {"path": str(root), "config_sha256": content_hash(root / CONFIG_FILE),
+            "weights_sha256": content_hash(root / WEIGHTS_FILE)}
+
+
 class TokenizerPackageError(Exception):
     """A tokenizer package directory is missing a file or holds an unreadable or incompatible one."""
 
