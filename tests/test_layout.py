@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,11 @@ MAX_MODULE_LINES = 450
 def test_no_module_is_too_long_to_read_in_one_sitting(package) -> None:
     long = {str(f.relative_to(REPO)): n for f in _files(package) if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them on their seams): {long}"
+
+
+def test_readme_layout_lists_every_module_and_nothing_else() -> None:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Layout (one line per module)", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^- `([\w/]+\.py)`:", section, flags=re.M))
+    tree = {str(f.relative_to(REPO)) for p in PACKAGES for f in _files(p)}
+    assert listed == tree, f"README layout: missing {sorted(tree - listed)}, gone {sorted(listed - tree)}"
