@@ -117,10 +117,11 @@ def test_ablation_arms_share_data_seed_and_budget(tmp_path):
     finally:
         sys.path.remove(str(REPO / "bench"))
     variants = fa.parse_variants(["tok=--model.train_tokenizer true"])
-    arms = fa.arm_list(list(fa.ARMS), variants)
-    assert arms == ["pretrained", "random", "eegnet", "shallow", "pretrained+tok", "random+tok"]
+    others = fa.parse_variants([f"brainomni={tmp_path / 'bo'}"])
+    arms = fa.arm_list(list(fa.ARMS), variants, others)
+    assert arms == ["pretrained", "random", "eegnet", "shallow", "pretrained+tok", "random+tok", "brainomni"]
     a = argparse.Namespace(backbone=tmp_path / "bb", tokenizer=None, mode="full", foundation_args="", variants=variants,
-                           max_epochs=30, patience=10, max_time="00:00:15:00", warmup=10)
+                           others=others, max_epochs=30, patience=10, max_time="00:00:15:00", warmup=10)
 
     def opts(arm: str) -> dict[str, str]:
         args = fa.fit_args(tmp_path / "task.fif", arm, 1, tmp_path / "run", a)
@@ -134,6 +135,7 @@ def test_ablation_arms_share_data_seed_and_budget(tmp_path):
     assert set(all_opts["random"].items()) - set(all_opts["pretrained"].items()) == {("--model.backbone_init", "random")}
     assert all_opts["random+tok"]["--model.train_tokenizer"] == "true" and "--model.backbone" not in all_opts["eegnet"]
     assert all_opts["shallow"]["--model.baseline"] == "shallow"
+    assert all_opts["brainomni"]["--model.backbone"] == str(tmp_path / "bo") and "--model.backbone_init" not in all_opts["brainomni"]
     recs = [{"name": "SCP1", "arm": arm, "seed": s, "test": {"balanced_accuracy": v}}
             for arm, vals in (("pretrained", [0.80, 0.82, 0.84]), ("random", [0.70, 0.71, 0.72]), ("eegnet", [0.85, 0.85, 0.85]))
             for s, v in enumerate(vals)]
