@@ -234,3 +234,54 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     exe_s = str(exe.relative_to(root)) if exe.is_relative_to(root) else "python"
     script_s = str(script.relative_to(root)) if script.is_relative_to(root) else str(script)
     return " ".join([exe_s, script_s, *argv[1:]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# A server in its own process (the serving benches)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m serve --registry REGISTRY --port FREE FLAGS...`` in its own process, started from the repository
+    root and ready (``/v2/health/ready`` answers 200) when the constructor returns. Its output goes to a file, never
+    an undrained pipe (which would block the server once 64 KB of log lines piled up)."""
+
+    def __init__(self, registry: Path, *flags: str, env: dict | None = None, ready_timeout_s: float = 300) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "serve", "--registry", str(registry), "--port", str(self.port), *flags]
+        self.log = tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log, cwd=Path(__file__).resolve().parents[1],
+                                     env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.log_tail()}")
+            time.sleep(0.3)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def log_tail(self, n: int = 2000) -> str:
+        return Path(self.log.name).read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM (graceful shutdown), then SIGKILL if it is not gone within a minute. Returns the exit status."""
+        self.proc.terminate()
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(30)

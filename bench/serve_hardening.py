@@ -46,36 +46,17 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import _common  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "serve_hardening.md"
 NAMES = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4", "P8", "O1",
          "Oz", "O2", "AF3", "AF4", "FC5", "FC1", "FC2", "FC6", "CP5", "CP1", "CP2", "CP6", "PO3", "PO4"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(_common.ServerProcess):
     """``python -m serve`` in its own process; ``rss_mb`` / ``peak_mb`` from /proc."""
-
-    def __init__(self, registry: Path, *flags: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "serve", "--registry", str(registry), "--port", str(self.port), *flags]
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log, cwd=ROOT, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()[-2000:]}")
-            time.sleep(0.3)
 
     def _status(self, field: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -88,14 +69,6 @@ class Server:
 
     def peak_mb(self) -> float:
         return self._status("VmHWM")
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(30)
 
 
 def ensure_registry(path: str | None) -> tuple[Path, str]:

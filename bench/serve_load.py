@@ -28,19 +28,18 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import _common  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "serve_load.md"
 NAMES_10_20 = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4",
                "P8", "O1", "Oz", "O2", "AF3", "AF4", "FC5", "FC1", "FC2", "FC6", "CP5", "CP1", "CP2", "CP6", "PO3", "PO4",
@@ -70,43 +69,14 @@ def binary_body(n_channels: int, seconds: float, sfreq: float = 256.0, seed: int
     return header + raw, {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(_common.ServerProcess):
+    """The server under load: a deep queue, warnings only in its log."""
 
-
-class Server:
     def __init__(self, registry: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "serve", "--registry", str(registry), "--port", str(self.port),
-                    "--max-queue", "4096", "--log-level", "WARNING", *flags]
-        # stderr to a file: an undrained pipe would block the server once 64 KB of log lines piled up
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {self.stderr_tail()}")
-            time.sleep(0.3)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def stderr_tail(self, n: int = 2000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-n:]
+        super().__init__(registry, "--max-queue", "4096", "--log-level", "WARNING", *flags)
 
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(120)
 
 
 async def load(url: str, body: bytes | tuple[bytes, dict], concurrency: int, seconds: float | None = None,
@@ -270,7 +240,7 @@ def main() -> int:
                       f"({100 * soak['growth']:+.1f}%)", flush=True)
         finally:
             rc = srv.stop()
-            print(f"server ({mode}) stopped, exit {rc}; last log lines:\n{srv.stderr_tail(1500)}")
+            print(f"server ({mode}) stopped, exit {rc}; last log lines:\n{srv.log_tail(1500)}")
     write_results(args, rows, soak, load_before, time.time() - started, limit)
     return 0
 

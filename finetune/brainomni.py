@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from finetune.model import HeadConfig, PoolingHead, add_lora
+from finetune.model import HeadConfig, PoolingHead, TrainingModes
 from pretrain.brainomni.model import BrainOmniBackbone, BrainOmniBackboneConfig
 from tokenizer.brainomni.inputs import brainomni_normalise, brainomni_positions
 from tokenizer.brainomni.model import BrainOmniTokenizer, BrainOmniTokenizerConfig
@@ -31,7 +31,7 @@ from tokenizer.brainomni.model import BrainOmniTokenizer, BrainOmniTokenizerConf
 KIND = "brainomni"
 
 
-class BrainOmniClassifier(nn.Module):
+class BrainOmniClassifier(TrainingModes, nn.Module):
     """BrainOmni tokenizer (frozen) -> BrainOmni backbone -> `PoolingHead`."""
 
     kind = KIND
@@ -101,23 +101,11 @@ class BrainOmniClassifier(nn.Module):
         return self.head(self.features(signal, types, positions, orientations, channel_mask))
 
     # --- training modes ---------------------------------------------------------------------------
-    def set_mode(self, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                 train_tokenizer: bool = False) -> None:
-        from finetune.model import MODES
-
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} must be one of {MODES}")
-        self.mode = mode
-        self.requires_grad_(False)
-        self.head.requires_grad_(True)
-        if mode == "full":
-            self.backbone.requires_grad_(True)
-            # not on the features' path: the last block and the masked-token head (encode stops before them)
-            self.backbone.blocks[-1].requires_grad_(False)
-            self.backbone.predict_head.requires_grad_(False)
-            self.backbone.mask_token.requires_grad_(False)
-        elif mode == "lora":
-            add_lora(self.backbone, lora_r, lora_alpha, lora_dropout)
+    def _full_mode_extras(self, train_tokenizer: bool) -> None:
+        """Not on the features' path: the last block and the masked-token head (encode stops before them)."""
+        self.backbone.blocks[-1].requires_grad_(False)
+        self.backbone.predict_head.requires_grad_(False)
+        self.backbone.mask_token.requires_grad_(False)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """[head], [block L-2], ..., [block 0], [projection]: layer-wise lr decay from the output down."""

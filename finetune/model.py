@@ -94,7 +94,29 @@ class PoolingHead(nn.Module):
         return self.mlp(self.pool(hidden))
 
 
-class FoundationClassifier(nn.Module):
+class TrainingModes:
+    """``set_mode`` for a classifier with a ``backbone`` and a ``head`` (an `nn.Module` mixin). ``probe``: only the
+    head trains. ``full``: backbone + head, minus what `_full_mode_extras` freezes or adds. ``lora``: LoRA adapters on
+    the backbone linears + head."""
+
+    def set_mode(self, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                 train_tokenizer: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} must be one of {MODES}")
+        self.mode = mode
+        self.requires_grad_(False)
+        self.head.requires_grad_(True)
+        if mode == "full":
+            self.backbone.requires_grad_(True)
+            self._full_mode_extras(train_tokenizer)
+        elif mode == "lora":
+            add_lora(self.backbone, lora_r, lora_alpha, lora_dropout)
+
+    def _full_mode_extras(self, train_tokenizer: bool) -> None:
+        """In ``full`` mode, after the backbone is made trainable: freeze what the features never use."""
+
+
+class FoundationClassifier(TrainingModes, nn.Module):
     """Tokenizer encoder -> backbone -> `PoolingHead`. See the module docstring for inputs and shapes."""
 
     kind = "foundation"
@@ -163,25 +185,15 @@ class FoundationClassifier(nn.Module):
                 channel_mask: Tensor | None = None, channel_ids: Tensor | None = None) -> Tensor:
         return self.head(self.features(signal, types, positions, orientations, channel_mask, channel_ids))
 
-    # --- training modes ------------------------------------------------------------------------
-    def set_mode(self, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                 train_tokenizer: bool = False) -> None:
-        """``probe``: only the head trains. ``full``: backbone + head (+ the tokenizer encoder with
-        ``train_tokenizer`` and ``input='latents'``). ``lora``: LoRA adapters on the backbone linears + head."""
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} must be one of {MODES}")
-        self.mode = mode
-        self.requires_grad_(False)
-        self.head.requires_grad_(True)
-        if mode == "full":
-            self.backbone.requires_grad_(True)
-            self.backbone.freeze_pretraining_parts()
-            if train_tokenizer and self.input == "latents":
-                self.tokenizer.sensor_encoder.requires_grad_(True)
-                self.tokenizer.encoder.requires_grad_(True)
-                self.tokenizer.quantizer.project_in.requires_grad_(True)
-        elif mode == "lora":
-            add_lora(self.backbone, lora_r, lora_alpha, lora_dropout)
+    # --- training modes (`TrainingModes.set_mode`) ---------------------------------------------------
+    def _full_mode_extras(self, train_tokenizer: bool) -> None:
+        """Codebooks and prediction heads stay frozen; with ``train_tokenizer`` and ``input='latents'`` the
+        tokenizer encoder trains too."""
+        self.backbone.freeze_pretraining_parts()
+        if train_tokenizer and self.input == "latents":
+            self.tokenizer.sensor_encoder.requires_grad_(True)
+            self.tokenizer.encoder.requires_grad_(True)
+            self.tokenizer.quantizer.project_in.requires_grad_(True)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Trainable parameters from the output down: [head], [block L-1 + final norm], ..., [block 0],
