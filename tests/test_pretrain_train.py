@@ -112,31 +112,45 @@ def test_shuffled_epochs_are_full_permutations_not_blocks_of_one_recording(token
     assert abs(rho) < 0.3, f"yielded windows follow the stored order (correlation {rho:.2f})"
 
 
+def _fixed_batch(out: Path) -> tuple[dict, torch.Tensor]:
+    """Segments spread over the token shards, and one fixed mask over them."""
+    ds = SegmentDataset(out, segment_windows=2)
+    fixed = collate_segments([ds[i] for i in range(5, 354, 40)])
+    return fixed, sample_mask(fixed["valid"], 16, 0.5, torch.Generator().manual_seed(1))
+
+
+def _score_before_and_after_training(module: PretrainModule, out: Path, score, steps: int = 30):
+    """``score()`` (eval mode, no grad) before and after ``steps`` training steps on the token shards -> (before,
+    after, trainer). One torch thread: tiny matrices run several times faster that way on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module.model.eval()
+        with torch.no_grad():
+            before = score()
+        module.model.train()
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, PretrainDataModule(str(out), segment_windows=2, batch_size=8))
+        module.model.eval()
+        with torch.no_grad():
+            after = score()
+    finally:
+        torch.set_num_threads(threads)
+    return before, after, trainer
+
+
 def test_training_steps_lower_the_masked_loss(tokens):
     out, pkg = tokens
     L.seed_everything(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is several times faster on a shared 2-core machine
     module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1, prior_init=False)
-    ds = SegmentDataset(out, segment_windows=2)
-    fixed = collate_segments([ds[i] for i in range(5, 354, 40)])
-    mask = sample_mask(fixed["valid"], 16, 0.5, torch.Generator().manual_seed(1))
+    fixed, mask = _fixed_batch(out)
 
     def fixed_loss() -> float:
-        module.model.eval()
-        with torch.no_grad():
-            logits = module.model(fixed["indices"], mask, fixed["valid"])
-            return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), fixed["indices"][mask].flatten()))
+        logits = module.model(fixed["indices"], mask, fixed["valid"])
+        return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), fixed["indices"][mask].flatten()))
 
-    before = fixed_loss()
-    module.model.train()
-    trainer = L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    try:
-        trainer.fit(module, PretrainDataModule(str(out), segment_windows=2, batch_size=8))
-    finally:
-        torch.set_num_threads(threads)
-    after = fixed_loss()
+    before, after, _ = _score_before_and_after_training(module, out, fixed_loss)
     assert np.isfinite(before) and after < 0.9 * before, f"masked loss on a fixed batch {before:.3f} -> {after:.3f}"
     assert int(module.code_counts.sum()) > 0  # the unigram floor's histogram was counted
 
@@ -146,30 +160,16 @@ def test_regression_target_learns_the_masked_latents_and_survives_export(tokens,
     cosine rises, and the exported package rebuilds the head (config field ``regression_head``)."""
     out, pkg = tokens
     L.seed_everything(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1, prior_init=False, regression_weight=1.0)
     assert module.config.regression_head
-    ds = SegmentDataset(out, segment_windows=2)
-    fixed = collate_segments([ds[i] for i in range(5, 354, 40)])
-    mask = sample_mask(fixed["valid"], 16, 0.5, torch.Generator().manual_seed(1))
+    fixed, mask = _fixed_batch(out)
 
     def fixed_cos() -> float:
-        module.model.eval()
-        with torch.no_grad():
-            hidden = module.model.encode(fixed["indices"], mask, fixed["valid"])[mask]
-            target = module.model.latents(fixed["indices"][mask])
-            return float(torch.nn.functional.cosine_similarity(module.model.regress(hidden), target, dim=-1).mean())
+        hidden = module.model.encode(fixed["indices"], mask, fixed["valid"])[mask]
+        target = module.model.latents(fixed["indices"][mask])
+        return float(torch.nn.functional.cosine_similarity(module.model.regress(hidden), target, dim=-1).mean())
 
-    before = fixed_cos()
-    module.model.train()
-    trainer = L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    try:
-        trainer.fit(module, PretrainDataModule(str(out), segment_windows=2, batch_size=8))
-    finally:
-        torch.set_num_threads(threads)
-    after = fixed_cos()
+    before, after, trainer = _score_before_and_after_training(module, out, fixed_cos)
     assert after > before + 0.1, f"latent cosine on a fixed batch {before:.3f} -> {after:.3f}"
     assert "train/latent_cos" in trainer.callback_metrics and "train/latent_cos_framecopy" in trainer.callback_metrics
     trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
