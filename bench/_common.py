@@ -285,3 +285,53 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(30)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Child commands of the quality benches, run and measured
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rel(path: Path | str) -> str:
+    """A path as written in the commands: relative to the repository root when possible."""
+    try:
+        return os.path.relpath(Path(path), REPO)
+    except ValueError:
+        return str(path)
+
+
+class Step:
+    """One child command ``python ARGS`` from the repository root, run and measured (wall time, peak RSS of its
+    largest process) and appended to ``log`` (default: `Step.log`, every step of this process, in order) for the
+    report. ``record`` (a `to_dict` saved in a ``steps.json``) replays a step without running it. A failed command
+    ends the bench with its output's tail."""
+
+    log: list[Step] = []
+
+    def __init__(self, name: str, args: list, log: list | None = None, record: dict | None = None) -> None:
+        self.name, self.args = name, [str(a) for a in args]
+        self.output_tail, returncode = "", 0
+        if record is not None:
+            self.wall_s, self.peak_rss = record["wall_s"], record["peak_rss"]
+            self.output_tail = record.get("output_tail", "")
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
+            run = run_measured([sys.executable, *self.args], cwd=REPO)
+            self.wall_s, self.peak_rss, self.output_tail = run.wall_s, run.peak_rss_max_process, run.output_tail
+            returncode = run.returncode
+            print(f"    {run.wall_s / 60:.1f} min, rc {returncode}, peak RSS {fmt_mb(self.peak_rss)}", flush=True)
+        (Step.log if log is None else log).append(self)
+        if returncode != 0:
+            raise SystemExit(f"{name} failed (rc {returncode}):\n{self.output_tail}")
+
+    @property
+    def command(self) -> str:
+        import shlex
+
+        return " ".join([".venv/bin/python", *map(shlex.quote, self.args)])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "args": self.args, "command": self.command, "wall_s": self.wall_s,
+                "peak_rss": self.peak_rss, "output_tail": self.output_tail[-1500:]}

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import _common  # noqa: E402
+from _common import Step, rel  # noqa: E402
 
 RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
 #: recordings the ablation fine-tunes on: held out of pretraining unless --keep-task-recordings
@@ -59,32 +60,7 @@ TASK_RECORDINGS = {
 WHAT = __doc__.split("(default ``runs/bench/pretrain_all``):\n\n")[1].split("\n\nThe report")[0]
 
 
-def rel(path: Path | str) -> str:
-    try:
-        return os.path.relpath(Path(path), ROOT)
-    except ValueError:
-        return str(path)
 
-
-class Step:
-    """One child command, run and measured (wall time, peak RSS of its largest process)."""
-
-    def __init__(self, name: str, args: list, log: list) -> None:
-        self.name, self.args = name, [str(a) for a in args]
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
-        run = _common.run_measured([sys.executable, *self.args], cwd=ROOT)
-        self.wall_s, self.peak_rss, self.tail = run.wall_s, run.peak_rss_max_process, run.output_tail
-        log.append(self)
-        print(f"    {run.wall_s / 60:.1f} min, rc {run.returncode}, peak RSS {_common.fmt_mb(self.peak_rss)}", flush=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{name} failed (rc {run.returncode}):\n{run.output_tail}")
-
-    @property
-    def command(self) -> str:
-        return " ".join([".venv/bin/python", *(shlex.quote(a) for a in self.args)])
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "command": self.command, "wall_s": self.wall_s, "peak_rss": self.peak_rss}
 
 
 def split_recordings(keep_task_recordings: bool) -> tuple[list[Path], list[Path], dict[str, str], dict[str, str]]:

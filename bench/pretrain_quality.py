@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import _common  # noqa: E402
+from _common import Step, rel  # noqa: E402
 
 TOKQ = ROOT / "runs" / "bench" / "tokenizer_quality"
 RESULTS = ROOT / "bench" / "results" / "pretrain.md"
@@ -69,42 +70,7 @@ FLOOR_NOTE = "The unigram floor" + __doc__.split("\n\nThe unigram floor")[1].spl
 # Helpers
 
 
-def rel(path: Path) -> str:
-    try:
-        return os.path.relpath(path, ROOT)
-    except ValueError:
-        return str(path)
 
-
-class Step:
-    """One child command, run and measured (wall time, peak RSS of its largest process); kept for the
-    report and saved in ``steps.json`` so that ``--analyse-only`` can report it."""
-
-    log: list[Step] = []
-
-    def __init__(self, name: str, args: list[str], record: dict | None = None) -> None:
-        self.name, self.args = name, [str(a) for a in args]
-        self.output_tail = ""
-        if record is not None:
-            self.wall_s, self.peak_rss = record["wall_s"], record["peak_rss"]
-            self.output_tail = record.get("output_tail", "")
-            Step.log.append(self)
-            return
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
-        run = _common.run_measured([sys.executable, *self.args], cwd=ROOT)
-        self.wall_s, self.peak_rss, self.output_tail = run.wall_s, run.peak_rss_max_process, run.output_tail
-        Step.log.append(self)
-        print(f"    {run.wall_s / 60:.1f} min, rc {run.returncode}, peak RSS {_common.fmt_mb(self.peak_rss)}", flush=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{name} failed (rc {run.returncode}):\n{run.output_tail}")
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "args": self.args, "wall_s": self.wall_s, "peak_rss": self.peak_rss,
-                "output_tail": self.output_tail[-1500:]}
-
-    @property
-    def command(self) -> str:
-        return " ".join([".venv/bin/python", *(f"'{a}'" if " " in a else a for a in self.args)])
 
 
 def fmt(x: float | None, spec: str = ".4f") -> str:

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import _common  # noqa: E402
+from _common import Step, rel  # noqa: E402
 
 RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
 RESULTS = ROOT / "bench" / "results" / "tokenizer_quality.md"
@@ -89,19 +90,6 @@ WARMUP_FRACTION = 0.05  # warm-up steps / max_steps
 # Helpers
 
 
-def rel(path: Path) -> str:
-    """A path as written in the commands: relative to the repository root when possible."""
-    path = Path(path)
-    try:
-        return os.path.relpath(path, ROOT)
-    except ValueError:
-        return str(path)
-
-
-def quote(arg: str) -> str:
-    return f"'{arg}'" if any(ch in arg for ch in " ()") else arg
-
-
 def split_inputs() -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
     """(training entry points, held-out entry points, [(recording, why skipped)] for the rest)."""
     from data import discover
@@ -116,33 +104,6 @@ def split_inputs() -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
     excluded = [(r, why) for r, why in EXCLUDED.items() if r in found]
     return train, held, excluded
 
-
-class Step:
-    """One child command, run and measured; its command line, wall time and peak RSS are kept for the
-    report and saved to ``steps.json`` in the run outputs (so that ``--analyse-only`` can report them)."""
-
-    log: list[Step] = []
-
-    def __init__(self, name: str, args: list[str], record: dict | None = None) -> None:
-        self.name, self.args = name, args
-        if record is not None:  # replayed from steps.json
-            self.wall_s, self.peak_rss = record["wall_s"], record["peak_rss"]
-            Step.log.append(self)
-            return
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.command}", flush=True)
-        run = _common.run_measured([sys.executable, *args], cwd=ROOT)
-        self.wall_s, self.peak_rss = run.wall_s, run.peak_rss_max_process
-        Step.log.append(self)
-        print(f"    {run.wall_s / 60:.1f} min, rc {run.returncode}, peak RSS {_common.fmt_mb(run.peak_rss_max_process)}", flush=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{name} failed (rc {run.returncode}):\n{run.output_tail}")
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "args": self.args, "wall_s": self.wall_s, "peak_rss": self.peak_rss}
-
-    @property
-    def command(self) -> str:
-        return " ".join([".venv/bin/python", *map(quote, self.args)])
 
 
 # ----------------------------------------------------------------------------------------------------
