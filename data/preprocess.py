@@ -43,12 +43,16 @@ MAD_SAMPLES = 10_000  # samples per channel the calibration statistics look at (
 # issue 14: scales moved by at most 0.32% and the same bad channels were found on the bench recordings, for a third of the median cost
 
 
+#: the sampling rate every model input is resampled to (Hz); the tokenizer's config takes it from here
+MODEL_SFREQ = 256.0
+
+
 @dataclass
 class PreprocessingSpec(DictConfig):
     """Everything needed to repeat the preprocessing exactly at fine-tuning and serving time."""
 
     version: int = SPEC_VERSION
-    sfreq: float = 256.0
+    sfreq: float = MODEL_SFREQ
     l_freq: float | None = 0.1
     h_freq_max: float = 100.0
     h_freq_fraction: float = 0.45

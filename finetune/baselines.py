@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from data.preprocess import MODEL_SFREQ
+
 log = logging.getLogger("brainforge.finetune")
 
 BASELINES = ("eegnet", "shallow", "labram", "cbramod")
@@ -123,7 +125,7 @@ class BaselineClassifier(nn.Module):
 
     kind = "baseline"
 
-    def __init__(self, arch: str, n_chans: int, n_outputs: int, n_times: int, sfreq: float = 256.0,
+    def __init__(self, arch: str, n_chans: int, n_outputs: int, n_times: int, sfreq: float = MODEL_SFREQ,
                  kwargs: dict[str, Any] | None = None, pretrained: str | None = None,
                  net_config: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data.preprocess import MODEL_SFREQ
 from finetune.baselines import BaselineClassifier
 from pretrain.model import BackboneConfig, MaskedTokenModel
 from runkit.config import DictConfig
@@ -259,6 +260,6 @@ def build_classifier(config: dict[str, Any]) -> Classifier:
         return BrainOmniClassifier.from_config(config)
     if kind == "baseline":
         return BaselineClassifier(config["arch"], int(config["n_chans"]), int(config["n_outputs"]), int(config["n_times"]),
-                                  float(config.get("sfreq", 256.0)), config.get("kwargs") or {},
+                                  float(config.get("sfreq", MODEL_SFREQ)), config.get("kwargs") or {},
                                   pretrained=config.get("pretrained"), net_config=config.get("net_config"))
     raise ValueError(f"model config kind {kind!r} must be 'foundation', 'brainomni' or 'baseline'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from data.preprocess import MODEL_SFREQ
 from runkit.config import DictConfig
 
 
@@ -26,7 +27,7 @@ class TokenizerConfig(DictConfig):
     """Sizes and loss weights of a BrainTokenizer. Lengths are in samples, frequencies in Hz."""
 
     # window and framing
-    sfreq: float = 256.0
+    sfreq: float = MODEL_SFREQ
     window_samples: int = 512
     hop: int = 64
 
