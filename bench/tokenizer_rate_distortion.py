@@ -41,17 +41,17 @@ def run_point(out: Path, train_shards: Path, held_shards: Path, n_latent: int, l
     overrides = json.dumps({"n_latent": n_latent, "rvq_levels": levels})
     if run.exists():
         shutil.rmtree(run)  # a stale checkpoints/last.ckpt would be what `export` picks up
-    fit = tq.Step(f"fit N_latent={n_latent} L={levels}", [
-        "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml", "--data.train", tq.rel(train_shards),
-        "--trainer.default_root_dir", tq.rel(run), "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
+    fit = _common.Step(f"fit N_latent={n_latent} L={levels}", [
+        "-m", "tokenizer", "fit", "-c", "tokenizer/configs/small.yaml", "--data.train", _common.rel(train_shards),
+        "--trainer.default_root_dir", _common.rel(run), "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
         "--trainer.max_time", max_time, "--model.warmup_steps", str(max(1, round(steps * tq.WARMUP_FRACTION))),
         "--model.overrides", overrides, "--trainer.enable_progress_bar", "false"])
-    tq.Step("export", ["-m", "tokenizer", "export", tq.rel(run), "--out", tq.rel(pkg), "--overwrite"])
-    ev_args = ["-m", "tokenizer", "eval", "--tokenizer", tq.rel(pkg), "--shards", tq.rel(held_shards),
-               "--json", tq.rel(ev), "--quiet"]
+    _common.Step("export", ["-m", "tokenizer", "export", _common.rel(run), "--out", _common.rel(pkg), "--overwrite"])
+    ev_args = ["-m", "tokenizer", "eval", "--tokenizer", _common.rel(pkg), "--shards", _common.rel(held_shards),
+               "--json", _common.rel(ev), "--quiet"]
     if quick:
         ev_args += ["--max-windows", "16"]
-    tq.Step("eval (held-out)", ev_args)
+    _common.Step("eval (held-out)", ev_args)
     m = json.loads(ev.read_text())
     steps_done = json.loads((pkg / "metrics.json").read_text()).get("training", {}).get("global_step")
     return {**m, "n_latent": n_latent, "levels": levels, "steps": steps_done, "fit_min": fit.wall_s / 60}
@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         train, held, _ = tq.split_inputs()
         train_shards, held_shards = out / "shards_train", out / "shards_heldout"
         t0 = time.perf_counter()
-        tq.Step("prepare training set", ["-m", "data", "prepare", *map(tq.rel, train), "--out", tq.rel(train_shards), "--overwrite", "--quiet"])
-        tq.Step("prepare held-out set", ["-m", "data", "prepare", *map(tq.rel, held), "--out", tq.rel(held_shards), "--overwrite", "--quiet"])
+        _common.Step("prepare training set", ["-m", "data", "prepare", *map(_common.rel, train), "--out", _common.rel(train_shards), "--overwrite", "--quiet"])
+        _common.Step("prepare held-out set", ["-m", "data", "prepare", *map(_common.rel, held), "--out", _common.rel(held_shards), "--overwrite", "--quiet"])
         points = [run_point(out, train_shards, held_shards, n, lv, steps, args.max_time, args.quick)
                   for lv in args.levels for n in args.latents]
         machine["load average at end (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         record = {"command": _common.command_line(), "points": points, "wall_min": (time.perf_counter() - t0) / 60,
-                  "steps": [s.to_dict() for s in tq.Step.log], "machine": machine, "steps_per_point": steps}
+                  "steps": [s.to_dict() for s in _common.Step.log], "machine": machine, "steps_per_point": steps}
         saved.write_text(json.dumps(record, indent=2))
     points = record["points"]
     plot(points, png)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     _common.write_markdown(results, "Benchmark: tokenizer rate-distortion (held-out recordings)", sections)
     print(_common.table(head, rows))
-    print(f"wrote {tq.rel(results)} and {tq.rel(png)}")
+    print(f"wrote {_common.rel(results)} and {_common.rel(png)}")
     return 0
 
 

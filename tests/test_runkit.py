@@ -106,3 +106,5 @@ def test_preprocessing_written_today_still_reads() -> None:
     prep = {"spec": spec, "input_kind": "recordings", "window_samples": 256, "scales": None, "offsets": None,
             "length_rule": "tail", "low_pass": True, "segment_rule": "centre", "version": 1, "extra": {}}
     assert TaskPreprocessing.from_dict(prep).to_dict() == prep
+    with pytest.raises(ValueError, match=r"TaskPreprocessing: unknown field\(s\) \['windw_samples'\]"):
+        TaskPreprocessing.from_dict({**prep, "windw_samples": 512})

@@ -76,9 +76,11 @@ class TaskPreprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> TaskPreprocessing:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["spec"] = PreprocessingSpec.from_dict(d["spec"])
-        return cls(**known)
+        # the house policy (runkit.config.DictConfig): an unknown key is an error, never dropped silently
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+        return cls(**{**d, "spec": PreprocessingSpec.from_dict(d["spec"])})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
