@@ -19,6 +19,7 @@ import numpy as np
 from data.errors import NoSensorChannelsError, NoUsableWindowsError
 from data.preprocess import PreprocessingSpec
 from data.sensors import SensorLayout, SensorType, layout_from_info
+from runkit.config import DictConfig
 from tokenizer.config import TokenizerConfig
 
 log = logging.getLogger("brainforge.finetune")
@@ -31,7 +32,7 @@ STAT_SAMPLES = 200_000  # values per channel that the offset / scale statistics 
 
 
 @dataclass
-class TaskPreprocessing:
+class TaskPreprocessing(DictConfig):
     """What to repeat exactly at predict/serve time (JSON-able: ``preprocessing.json``).
 
     spec: the data stage's spec (256 Hz; for epochs ``l_freq=None``, ``notch=False``); ``spec.window_s`` is
@@ -69,18 +70,9 @@ class TaskPreprocessing:
     def window_s(self) -> float:
         return self.window_samples / self.spec.sfreq
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["spec"] = self.spec.to_dict()
-        return d
-
     @classmethod
-    def from_dict(cls, d: dict) -> TaskPreprocessing:
-        # the house policy (runkit.config.DictConfig): an unknown key is an error, never dropped silently
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
-        return cls(**{**d, "spec": PreprocessingSpec.from_dict(d["spec"])})
+    def _from_json(cls, d: dict) -> dict:
+        return {**d, "spec": PreprocessingSpec.from_dict(d["spec"])}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
