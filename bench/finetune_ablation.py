@@ -120,13 +120,13 @@ def set_path(name: str, out: Path) -> Path:
 # Running
 
 
-def parse_variants(specs: list[str]) -> dict[str, str]:
-    """``NAME=OPTIONS`` strings -> {NAME: OPTIONS}."""
+def parse_variants(specs: list[str], flag: str = "--variant") -> dict[str, str]:
+    """``NAME=VALUE`` strings (of ``flag``) -> {NAME: VALUE}."""
     out = {}
     for spec in specs:
         name, sep, opts = spec.partition("=")
         if not sep or not name.isidentifier():
-            raise SystemExit(f"--variant {spec!r}: expected NAME=OPTIONS with NAME a plain word")
+            raise SystemExit(f"{flag} {spec!r}: expected NAME=VALUE with NAME a plain word")
         out[name] = opts
     return out
 
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.backbone / "model.safetensors").is_file():
         raise SystemExit(f"backbone package {a.backbone} has no model.safetensors")
     a.variants = parse_variants(a.variant)
-    a.others = parse_variants(a.other_backbone)
+    a.others = parse_variants(a.other_backbone, "--other-backbone")
     clash = set(a.others) & {*ARMS, *a.variants}
     if clash:
         raise SystemExit(f"--other-backbone names {sorted(clash)} clash with the arm or variant names")

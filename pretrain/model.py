@@ -169,9 +169,7 @@ class MaskedTokenModel(nn.Module):
         """indices [B, N, T, L] -> [B, N, T, D]."""
         cfg = self.config
         if cfg.embedding == "codebook":
-            levels = torch.arange(cfg.rvq_levels, device=indices.device)
-            vecs = self.codebooks[levels, indices]  # [B, N, T, L, codebook_dim]
-            return self.code_proj(vecs.sum(-2))
+            return self.code_proj(self.latents(indices))
         offsets = torch.arange(cfg.rvq_levels, device=indices.device) * cfg.codebook_size
         return self.level_embed(indices + offsets).sum(-2)
 
