@@ -335,3 +335,15 @@ class Step:
     def to_dict(self) -> dict:
         return {"name": self.name, "args": self.args, "command": self.command, "wall_s": self.wall_s,
                 "peak_rss": self.peak_rss, "output_tail": self.output_tail[-1500:]}
+
+    @classmethod
+    def replay(cls, steps_file: Path) -> dict:
+        """``--analyse-only``: the saved run of ``steps_file`` (a ``steps.json``), its steps put back in `Step.log`
+        without running them, and its machine description marked as a rebuilt report."""
+        if not steps_file.is_file():
+            raise SystemExit(f"--analyse-only: no {steps_file}; run without it first")
+        saved = json.loads(steps_file.read_text())
+        for rec in saved["steps"]:
+            cls(rec["name"], rec["args"], record=rec)
+        saved["machine"] = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
+        return saved

@@ -321,13 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = _common.machine_description(("numpy", "torch", "lightning", "litdata"))
 
     if args.analyse_only:
-        if not steps_file.is_file():
-            raise SystemExit(f"--analyse-only: no {steps_file}; run without it first")
-        saved = json.loads(steps_file.read_text())
-        for rec in saved["steps"]:
-            Step(rec["name"], rec["args"], record=rec)
-        original_command, info, made_here = saved["command"], saved["info"], saved["made_here"]
-        machine = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
+        saved = Step.replay(steps_file)
+        original_command, info, made_here, machine = saved["command"], saved["info"], saved["made_here"], saved["machine"]
         package, train_shards, held_shards = TOKQ / "package", TOKQ / "shards_train", TOKQ / "shards_heldout"
         args.max_steps, args.max_time, args.segment_windows = saved["max_steps"], saved["max_time"], saved["segment_windows"]
         args.batch_size = saved.get("batch_size", args.batch_size)

@@ -376,15 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     train, held, excluded = split_inputs()
     steps_file = out / "steps.json"
     if args.analyse_only:
-        if not steps_file.is_file():
-            raise SystemExit(f"--analyse-only: no {steps_file}; run without it first")
-        saved = json.loads(steps_file.read_text())
-        for rec in saved["steps"]:
-            Step(rec["name"], rec["args"], record=rec)
+        saved = Step.replay(steps_file)
         fit = next(st for st in Step.log if st.name == "fit")
-        steps_wall = saved["steps_wall_s"]
+        steps_wall, machine = saved["steps_wall_s"], saved["machine"]
         original_command = saved.get("command", "(not recorded)")
-        machine = {**saved["machine"], "report rebuilt (--analyse-only)": time.strftime("%Y-%m-%d %H:%M %Z")}
     else:
         out.mkdir(parents=True, exist_ok=True)
         if run_dir.exists():

@@ -17,13 +17,11 @@ survive. Scales are measured per recording and returned, not stored in the spec.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property, lru_cache
-from pathlib import Path
 
 import mne
 import numpy as np
@@ -89,13 +87,6 @@ class PreprocessingSpec(DictConfig):
         base = [self.line_freq or line_freq] if (self.line_freq or line_freq) else [50.0, 60.0]
         top = min(self.low_pass(sfreq_in), self.sfreq / 2)
         return sorted({float(f * k) for f in base for k in range(1, 50) if f * k < top})
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> PreprocessingSpec:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""`DictConfig`: ``to_dict`` / ``from_dict`` for dataclass configs, with one policy: unknown keys are an error."""
+"""`DictConfig`: ``to_dict`` / ``from_dict`` (and JSON ``save`` / ``load``) for dataclass configs, with one policy:
+unknown keys are an error."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, Self
 
 
@@ -24,3 +27,12 @@ class DictConfig:
     def _from_json(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Field values as read from JSON -> constructor arguments (default: unchanged)."""
         return d
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_dict()`` as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a JSON file written by `save` (unknown keys are an error, as in `from_dict`)."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

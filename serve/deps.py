@@ -8,9 +8,9 @@ import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serve.admission import Budget
@@ -104,3 +104,21 @@ async def get_model(request: Request, name: str, version: str | None) -> LoadedM
     model = await server(request).registry.get(name, version)
     request.state.model = name
     return model
+
+
+# --- dependencies: the server's state, and the model a route's path names (404 / 409 before the body is read) ---
+
+Server = Annotated[ServerState, Depends(server)]
+
+
+async def latest_model(request: Request, name: str) -> LoadedModel:
+    return await get_model(request, name, None)
+
+
+async def versioned_model(request: Request, name: str, version: str) -> LoadedModel:
+    return await get_model(request, name, version)
+
+
+async def queried_model(request: Request, name: str,
+                        version: str | None = Query(None, description="model version (default: the latest)")) -> LoadedModel:
+    return await get_model(request, name, version)

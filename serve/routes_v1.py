@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import nullcontext
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.admission import JSON_MEMORY_FACTOR, Hold, check_length, hold, read_body
-from serve.deps import AUTH, ERRORS, get_model, observe_prep, run_prep, server
+from serve.deps import AUTH, ERRORS, Server, get_model, observe_prep, queried_model, run_prep, server
 from serve.errors import BadInput, UnsupportedMediaType
 from serve.inputs import safe_filename
 from serve.pipeline import prepare_json, prepare_upload
@@ -92,10 +92,9 @@ def _json_model_field(body: Any) -> tuple[str | None, str | None]:
 @router.post("/v1/models/{name}/predict", tags=["v1"], dependencies=AUTH, response_model=PredictResponse,
           responses={**ERRORS, 200: {"model": PredictResponse}}, openapi_extra=_json_or_multipart_body(False))
 
-async def predict(request: Request, name: str,
-                  version: str | None = Query(None, description="model version (default: the latest)")) -> JSONResponse:
-    srv = server(request)
-    model = await get_model(request, name, version)  # 404 before a byte of the upload is read
+async def predict(request: Request, srv: Server, name: str,
+                  model: Annotated[LoadedModel, Depends(queried_model)]) -> JSONResponse:
+    # the model dependency answers 404 / 409 before a byte of the upload is read
     async with model.batcher.admit():  # 429 before reading
         with hold(srv.memory) as mem, hold(srv.disk) as space:
             upload, body, _, _ = await read_input(request, False, mem, space)
@@ -110,10 +109,9 @@ async def predict(request: Request, name: str,
 @router.post("/v1/tokenize", tags=["v1"], dependencies=AUTH, response_model=TokenizeResponse,
           responses={**ERRORS, 200: {"model": TokenizeResponse}}, openapi_extra=_json_or_multipart_body(True))
 
-async def tokenize(request: Request,
+async def tokenize(request: Request, srv: Server,
                    model: str | None = Query(None, description="model whose tokenizer to use (or a form/JSON field)"),
                    version: str | None = Query(None, description="model version (default: the latest)")) -> JSONResponse:
-    srv = server(request)
     # with ?model=NAME the model is found (404) and admitted (429) before reading; a form/JSON field is
     # only known once the body has been read (within the byte budgets all the same)
     known = await get_model(request, model, version) if model else None
@@ -143,14 +141,12 @@ async def tokenize(request: Request,
 
 @router.get("/v1/models", tags=["v1"], dependencies=AUTH, response_model=ModelList, responses={401: ERRORS[401]})
 
-async def models(request: Request) -> dict:
-    srv = server(request)
+async def models(srv: Server) -> dict:
     return {"models": await asyncio.to_thread(srv.registry.list)}
 
 
 @router.get("/metrics", tags=["metrics"], dependencies=AUTH, response_class=Response,
          responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: ERRORS[401]})
 
-async def prometheus(request: Request) -> Response:
-    srv = server(request)
+async def prometheus(srv: Server) -> Response:
     return Response(generate_latest(srv.metrics.registry), media_type=CONTENT_TYPE_LATEST)

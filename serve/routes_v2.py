@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from serve import __version__
 from serve.admission import JSON_MEMORY_FACTOR, check_length, hold, read_body
-from serve.deps import AUTH, ERRORS, get_model, observe_prep, run_prep, server
+from serve.deps import AUTH, ERRORS, Server, latest_model, observe_prep, run_prep, server, versioned_model
 from serve.errors import BadInput, ModelNotFound, ModelNotReady
 from serve.observability import request_id_var
 from serve.pipeline import prepare_raw_body, prepare_v2
+from serve.registry import LoadedModel
 from serve.schemas import InferResponse, ModelMetadata, ServerMetadata
 
 router = APIRouter()
@@ -46,8 +47,7 @@ async def live() -> dict:
 
 @router.get("/v2/health/ready", tags=["health"], responses={409: ERRORS[409]})
 
-async def ready(request: Request) -> dict:
-    srv = server(request)
+async def ready(srv: Server) -> dict:
     if not srv.ready:
         raise ModelNotReady("server is loading its models, or shutting down")
     if not srv.settings.registry.is_dir():
@@ -73,9 +73,8 @@ async def server_metadata() -> dict:
 
 # --- v2 model routes (with and without /versions/{version}) --------------------------------------
 
-async def model_metadata(request: Request, name: str, version: str | None) -> dict:
-    srv = server(request)
-    model = await get_model(request, name, version)
+async def model_metadata(request: Request, model: LoadedModel) -> dict:
+    srv, name = server(request), model.name
     prep = model.package.preprocessing
     labels = [str(x) for x in model.package.labels]
     return {
@@ -94,14 +93,12 @@ async def model_metadata(request: Request, name: str, version: str | None) -> di
     }
 
 
-async def model_ready(request: Request, name: str, version: str | None) -> dict:
-    model = await get_model(request, name, version)
-    return {"name": name, "version": model.version, "ready": True}
+async def model_ready(request: Request, model: LoadedModel) -> dict:
+    return {"name": model.name, "version": model.version, "ready": True}
 
 
-async def infer(request: Request, name: str, version: str | None) -> JSONResponse:
-    srv = server(request)
-    model = await get_model(request, name, version)  # 404 before reading
+async def infer(request: Request, model: LoadedModel) -> JSONResponse:
+    srv, name = server(request), model.name  # the model dependency answered 404 / 409 before reading
     check_length(request.headers, srv.settings.max_json_bytes, "JSON body")  # 413 before reading
     ctype = request.headers.get("content-type", "").lower()
     header_length = request.headers.get("inference-header-content-length")
@@ -147,11 +144,11 @@ async def infer(request: Request, name: str, version: str | None) -> JSONRespons
 
 def add_model_routes(suffix: str, handler: Callable[..., Awaitable[Any]], method: str, keyed: bool = True,
                      **kw: Any) -> None:
-    async def unversioned(request: Request, name: str):
-        return await handler(request, name, None)
+    async def unversioned(request: Request, model: Annotated[LoadedModel, Depends(latest_model)]):
+        return await handler(request, model)
 
-    async def versioned(request: Request, name: str, version: str):
-        return await handler(request, name, version)
+    async def versioned(request: Request, model: Annotated[LoadedModel, Depends(versioned_model)]):
+        return await handler(request, model)
 
     for path, endpoint in ((f"/v2/models/{{name}}{suffix}", unversioned),
                            (f"/v2/models/{{name}}/versions/{{version}}{suffix}", versioned)):

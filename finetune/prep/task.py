@@ -74,13 +74,6 @@ class TaskPreprocessing(DictConfig):
     def _from_json(cls, d: dict) -> dict:
         return {**d, "spec": PreprocessingSpec.from_dict(d["spec"])}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, path: str | Path) -> TaskPreprocessing:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 @dataclass
 class ModelInputs:
