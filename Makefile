@@ -23,7 +23,7 @@ DEMO := runs/demo
 DEMO_INPUTS := tests/data/sample_audvis_5s_raw.fif tests/data/test.edf tests/data/test_subsecond.edf tests/data/bti
 DEMO_HELDOUT := tests/data/test_edf_stim_channel.edf
 DEMO_STEPS ?= 60
-DEMO_PRETRAIN := -c pretrain/configs/test.yaml --data.tokens $(DEMO)/tokens --data.val_tokens $(DEMO)/heldout_tokens \
+DEMO_PRETRAIN := -c pretrain/configs/tiny.yaml --data.tokens $(DEMO)/tokens --data.val_tokens $(DEMO)/heldout_tokens \
 	--model.tokenizer $(DEMO)/tokenizer_pkg --data.segment_windows 2 --trainer.default_root_dir $(DEMO)/pretrain
 
 # The main job on bundled real recordings, one stage after another.

@@ -452,7 +452,7 @@ def main() -> None:
         if not (backbone / "model.safetensors").is_file():
             backbone = DEMO_BACKBONE
             note = (f"{rel(DEFAULT_BACKBONE)} (the pretraining benchmark's backbone) did not exist when this run started, "
-                    f"so the tiny demo backbone {rel(DEMO_BACKBONE)} (`make demo`) was used.")
+                    f"so the `tiny` demo backbone {rel(DEMO_BACKBONE)} (`make demo`) was used.")
     if not (backbone / "model.safetensors").is_file():
         raise SystemExit(f"backbone package {backbone} has no model.safetensors")
     seeds = a.seeds or ([0] if a.quick else [0, 1, 2])

@@ -2,7 +2,7 @@
 # Pretraining throughput and MFU of the `base` backbone in bf16-mixed on one GPU, in under 5 minutes.
 #
 #   bash bench/gpu_pretrain.sh               # on a GPU machine, from the repository root
-#   bash bench/gpu_pretrain.sh --cpu-smoke   # no GPU: 3 steps of the `test` preset on CPU (checks the path only)
+#   bash bench/gpu_pretrain.sh --cpu-smoke   # no GPU: 3 steps of the `tiny` preset on CPU (checks the path only)
 #   bash bench/gpu_pretrain.sh --steps 500 --compile   # any option of bench/pretrain_gpu.py
 #
 # Needs only the repository: makes .venv with `make install` if it is missing. Tokens are made from the

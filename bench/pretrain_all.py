@@ -3,7 +3,7 @@ packages that the ablation (``bench/finetune_ablation.py``) fine-tunes.
 
 Run from the repository root::
 
-    .venv/bin/python bench/pretrain_all.py                                   # small tokenizer + tiny backbone, bounded
+    .venv/bin/python bench/pretrain_all.py                                   # small tokenizer + small backbone, bounded
     .venv/bin/python bench/pretrain_all.py --tokenizer-config tokenizer/configs/tiny.yaml --tokenizer-steps 800
     .venv/bin/python bench/pretrain_all.py --tokenizer-package TOK_PKG       # reuse a trained tokenizer, pretrain only
     .venv/bin/python bench/pretrain_all.py --quick                           # smoke run: 5 steps of each, ~10 min
@@ -22,7 +22,7 @@ It does, through the real command lines, and writes ``OUT/pretrain_all.md`` (def
    and ``--tokenizer-max-time``; ``python -m tokenizer export`` -> ``OUT/tokenizer_pkg``. With
    ``--tokenizer-package`` this step is skipped and that package is used.
 4. ``python -m tokenizer encode`` of both sides into token shards.
-5. ``python -m pretrain fit -c BACKBONE_CONFIG`` (``--backbone-config``, default ``pretrain/configs/tiny.yaml``, its
+5. ``python -m pretrain fit -c BACKBONE_CONFIG`` (``--backbone-config``, default ``pretrain/configs/small.yaml``, its
    masking included, plus ``--pretrain-args``) on the training tokens with the held-out tokens as validation, bounded
    by ``--pretrain-steps`` and ``--pretrain-max-time``; segments of ``--segment-windows`` windows, batches of
    ``--batch-size``.
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-max-time", default=None, help="cap DD:HH:MM:SS (default 00:00:40:00; --quick 00:00:02:00)")
     p.add_argument("--tokenizer-args", default="", help="extra `tokenizer fit` options (one string)")
     p.add_argument("--backbone-config", default=None,
-                   help="pretraining config: preset, masking (default pretrain/configs/tiny.yaml; --quick test.yaml)")
+                   help="pretraining config: preset, masking (default pretrain/configs/small.yaml; --quick tiny.yaml)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="backbone optimizer steps (default 400; --quick 5)")
     p.add_argument("--pretrain-max-time", default=None, help="cap DD:HH:MM:SS (default 00:00:40:00; --quick 00:00:02:00)")
     p.add_argument("--pretrain-args", default="", help="extra `pretrain fit` options (one string), e.g. '--model.mask_mode frames'")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="pretraining segments per step (default 8)")
     p.add_argument("--keep-task-recordings", action="store_true",
                    help="pretrain on the recordings the ablation fine-tunes on too (default: held out)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 5 steps of each model, backbone preset `test`")
+    p.add_argument("--quick", action="store_true", help="smoke run: 5 steps of each model, backbone preset `tiny`")
     a = p.parse_args(argv)
     q = a.quick
     out = a.out or ROOT / "runs" / "bench" / ("pretrain_all_quick" if q else "pretrain_all")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     tok_time = a.tokenizer_max_time or ("00:00:02:00" if q else "00:00:40:00")
     pre_steps = a.pretrain_steps or (5 if q else 400)
     pre_time = a.pretrain_max_time or ("00:00:02:00" if q else "00:00:40:00")
-    a.backbone_config = a.backbone_config or ("pretrain/configs/test.yaml" if q else "pretrain/configs/tiny.yaml")
+    a.backbone_config = a.backbone_config or ("pretrain/configs/tiny.yaml" if q else "pretrain/configs/small.yaml")
     out.mkdir(parents=True, exist_ok=True)
     machine = _common.machine_description(("numpy", "torch", "lightning", "litdata", "mne"))
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Run by ``bench/gpu_pretrain.sh`` (see there); by hand from the repository root::
 
     .venv/bin/python bench/pretrain_gpu.py                      # base, bf16-mixed, 300 steps on cuda:0
-    .venv/bin/python bench/pretrain_gpu.py --cpu-smoke          # 3 steps of the `test` preset on CPU (checks the path)
+    .venv/bin/python bench/pretrain_gpu.py --cpu-smoke          # 3 steps of the `tiny` preset on CPU (checks the path)
 
 Tokens: the bundled recordings in ``tests/data`` are prepared (`data.prepare`), encoded by a tokenizer of the
 ``small`` config (16 latents, 4 RVQ levels of 1024 codes: the sizes the backbone is built for) whose codebooks
@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="--model.compile true")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: from its name)")
     p.add_argument("--out", type=Path, default=None, help="outputs (default runs/bench/gpu_pretrain, --cpu-smoke: gpu_pretrain_smoke)")
-    p.add_argument("--cpu-smoke", action="store_true", help="3 steps of the `test` preset on CPU in float32 (no GPU figures)")
+    p.add_argument("--cpu-smoke", action="store_true", help="3 steps of the `tiny` preset on CPU in float32 (no GPU figures)")
     args = p.parse_args(argv)
     if args.cpu_smoke:
-        args.preset, args.steps, args.warmup, args.precision = "test", 3, 1, "32-true"
+        args.preset, args.steps, args.warmup, args.precision = "tiny", 3, 1, "32-true"
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU visible to torch; use --cpu-smoke to check the path on CPU")
     args.out = args.out or ROOT / "runs" / "bench" / ("gpu_pretrain_smoke" if args.cpu_smoke else "gpu_pretrain")

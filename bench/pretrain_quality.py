@@ -1,4 +1,4 @@
-"""Benchmark of masked-token pretraining quality: does the `tiny` backbone, after a bounded CPU run, predict
+"""Benchmark of masked-token pretraining quality: does the `small` backbone, after a bounded CPU run, predict
 masked tokens of held-out real recordings better than the unigram floor, on every RVQ level?
 
 Run from the repository root::
@@ -15,7 +15,7 @@ It does, through the real command lines, and writes ``bench/results/pretrain.md`
    ``python -m data prepare`` on each side, ``python -m tokenizer fit -c tokenizer/configs/small.yaml``
    (``--tokenizer-steps``, default 200) and ``python -m tokenizer export``.
 2. ``python -m tokenizer encode`` of both sides into token shards.
-3. ``python -m pretrain fit -c pretrain/configs/tiny.yaml`` on the training tokens, bounded by
+3. ``python -m pretrain fit -c pretrain/configs/small.yaml`` on the training tokens, bounded by
    ``--trainer.max_steps`` (default 400) and ``--trainer.max_time`` (hard cap, default 40 min); warm-up =
    10% of the steps, cosine decay to the end. The head starts at the unigram predictor of the training
    tokens (``prior_init``, the config default), so step 0 scores exactly the floor. Batches of ``--batch-size`` (default 8, half the config's 16,
@@ -255,7 +255,7 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
                                         "--out", rel(tok_train), "--overwrite", "--quiet"])
         Step("encode held-out tokens", ["-m", "tokenizer", "encode", "--tokenizer", rel(package), "--shards", rel(held_shards),
                                         "--out", rel(tok_held), "--overwrite", "--quiet"])
-    common = ["-c", "pretrain/configs/tiny.yaml", "--data.tokens", rel(tok_train), "--data.val_tokens", rel(tok_held),
+    common = ["-c", "pretrain/configs/small.yaml", "--data.tokens", rel(tok_train), "--data.val_tokens", rel(tok_held),
               "--model.tokenizer", rel(package), "--data.segment_windows", args.segment_windows,
               "--data.batch_size", args.batch_size]
     extra = []
@@ -274,7 +274,7 @@ def run_pipeline(out: Path, package: Path, train_shards: Path, held_shards: Path
 
         shutil.rmtree(run)
     warmup = max(1, round(0.1 * args.max_steps))
-    fit = Step("fit tiny backbone", ["-m", "pretrain", "fit", *common, *extra, "--trainer.max_steps", args.max_steps,
+    fit = Step("fit small backbone", ["-m", "pretrain", "fit", *common, *extra, "--trainer.max_steps", args.max_steps,
                                      "--trainer.max_time", args.max_time, "--model.warmup_steps", warmup,
                                      "--trainer.default_root_dir", rel(run), "--checkpoint_every_n_steps", 100,
                                      "--trainer.enable_progress_bar", "false"])
@@ -337,11 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                                           "steps": [s.to_dict() for s in Step.log]}, indent=1))
 
     # --- in-process evaluation -------------------------------------------------------------------
+    from pretrain.model import preset_of
     from pretrain.package import load_backbone
 
     t0 = time.perf_counter()
     pkg = load_backbone(out / "backbone_pkg")
     model, cfg = pkg.model, pkg.model.config
+    preset = preset_of(cfg) or f"d{cfg.d_model} x {cfg.n_layers}"  # the size trained, by today's preset names
     mask_ratio = float(pkg.meta["training"].get("mask_ratio") or 0.5)
     mask_mode = pkg.meta["training"].get("mask_mode") or "random"  # packages from before mask modes used random
     mask_span = int(pkg.meta["training"].get("mask_span") or 4)
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- report --------------------------------------------------------------------------------------
     levels = cfg.rvq_levels
-    fit = next(s for s in Step.log if s.name == "fit tiny backbone")
+    fit = next(s for s in Step.log if s.name in ("fit small backbone", "fit tiny backbone"))  # tiny: before the rename
     train_curve, val_curve = read_curve(out / "run" / "metrics.csv", levels)
     _, cli_val = read_curve(out / "validate" / "metrics.csv", levels)
     cli_val = cli_val[-1] if cli_val else {}
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(~{fit.wall_s / max(1, steps_done or 1):.1f} s/step on this shared 2-core CPU); "
         f"{(steps_done or 0) * batch / max(1, tm['train']['n_windows']):.1f} passes over {tm['train']['n_windows']} training anchors. "
         + ("The time cap stopped training before max_steps (the cosine schedule did not finish)." if stopped_early else "The cosine schedule ran to its end."),
-        f"- **Model.** `tiny`: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, embedding `{cfg.embedding}`, "
+        f"- **Model.** `{preset}`: d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads, embedding `{cfg.embedding}`, "
         f"{n_params / 1e6:.2f} M trainable parameters.",
         "- **Floors.** Held-out codes per level: " + "; ".join(
             f"L{lv} uses {r['codes_used']} of {cfg.codebook_size} codes, the commonest is {r['top_code_share']:.1%} of positions"
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     sections = [
         ("Summary",
-         f"After {steps_done} steps ({fit_min:.1f} min of CPU `fit` wall time) of `tiny`, masked-token accuracy on held-out "
+         f"After {steps_done} steps ({fit_min:.1f} min of CPU `fit` wall time) of `{preset}`, masked-token accuracy on held-out "
          f"real recordings beats the unigram floor on {n_beat} of {levels} levels, the per-latent floor on {n_beat_latent} of {levels} "
          f"and the held-out oracle floor on {n_beat_oracle} of {levels}; it beats the spatial-copy baseline on {n_beat_spatial} "
          f"and the frame-copy baseline on {n_beat_frame} of {levels} levels "

@@ -17,8 +17,8 @@ It measures, in one process, and prints a table and writes ``bench/results/pretr
      256 samples, which makes its width 256), with the *same* masked-token head on its patch tokens: 50% of
      them, 4 x 1024 logits each.
    Both heads, optimizers and loss are identical; only the backbones differ.
-2. Three pairings: (a) matched width and depth (both d256 x 8 layers, 4 heads = our ``tiny``);
-   (b) equal parameter count: LaBraM made deeper until its trainable parameters match our ``tiny``'s;
+2. Three pairings: (a) matched width and depth (both d256 x 8 layers, 4 heads = our ``small``);
+   (b) equal parameter count: LaBraM made deeper until its trainable parameters match our ``small``'s;
    (c) equal parameter count the other way: our backbone made shallower to match LaBraM d256 x 8.
 3. Model FLOPs per training step, counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
    convolutions and attention, forward and backward), so that a GPU run can turn step time into MFU.
@@ -85,7 +85,7 @@ def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
 
 
-def ours(batch: int, n_layers: int, device: torch.device, d_model: int = 256, n_heads: int = 4, preset: str = "tiny") -> Side:
+def ours(batch: int, n_layers: int, device: torch.device, d_model: int = 256, n_heads: int = 4, preset: str = "small") -> Side:
     torch.manual_seed(0)
     cfg = build_config(preset, {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads},
                        n_latent=N_LATENT, rvq_levels=LEVELS, codebook_size=K, codebook_dim=CODE_DIM)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 timed step per model after the warm-up; results under runs/bench only")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 7, --quick 1)")
-    p.add_argument("--batch", type=int, default=16, help="10 s segments per batch (default 16, as pretrain/configs/tiny.yaml)")
+    p.add_argument("--batch", type=int, default=16, help="10 s segments per batch (default 16, as pretrain/configs/small.yaml)")
     p.add_argument("--channels", type=int, default=64, help="LaBraM's channel count (default 64)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -210,21 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     # (a) matched width and depth
-    our_tiny = ours(args.batch, 8, device)
+    our_small = ours(args.batch, 8, device)
     lab_matched = labram(args.batch, args.channels, 8, device)
-    # (b) LaBraM deepened to our tiny's trainable parameters; (c) ours made shallower to LaBraM d256x8's
+    # (b) LaBraM deepened to our small's trainable parameters; (c) ours made shallower to LaBraM d256x8's
     lab_counts = {n: trainable(LabramMTM(args.channels, n, 4)) for n in range(8, 17)}
-    lab_layers = min(lab_counts, key=lambda n: abs(lab_counts[n] - our_tiny.params))
-    our_counts = {n: trainable(MaskedTokenModel(build_config("tiny", {"n_layers": n}, n_latent=N_LATENT, rvq_levels=LEVELS,
+    lab_layers = min(lab_counts, key=lambda n: abs(lab_counts[n] - our_small.params))
+    our_counts = {n: trainable(MaskedTokenModel(build_config("small", {"n_layers": n}, n_latent=N_LATENT, rvq_levels=LEVELS,
                                                                       codebook_size=K, codebook_dim=CODE_DIM), torch.zeros(LEVELS, K, CODE_DIM)))
                   for n in range(2, 9)}
     our_layers = min(our_counts, key=lambda n: abs(our_counts[n] - lab_matched.params))
     lab_equal = labram(args.batch, args.channels, lab_layers, device)
     our_equal = ours(args.batch, our_layers, device)
-    sides = {s.name: s for s in (our_tiny, lab_matched, lab_equal, our_equal)}
+    sides = {s.name: s for s in (our_small, lab_matched, lab_equal, our_equal)}
     pairings = [
-        ("(a) matched width and depth", our_tiny.name, lab_matched.name),
-        ("(b) equal parameters (LaBraM deepened to ours)", our_tiny.name, lab_equal.name),
+        ("(a) matched width and depth", our_small.name, lab_matched.name),
+        ("(b) equal parameters (LaBraM deepened to ours)", our_small.name, lab_equal.name),
         ("(c) equal parameters (ours made shallower to LaBraM's)", our_equal.name, lab_matched.name),
     ]
     print(f"models: {', '.join(f'{s.name} {s.params / 1e6:.2f} M' for s in sides.values())}", flush=True)
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, side in sides.items():
         flops[name] = step_flops(side)
         print(f"{name}: {flops[name] / 1e9:,.1f} GFLOP per step", flush=True)
-    analytic = analytic_ours_flops(args.batch, 256, 8, our_tiny.model.config.ffn_hidden)
+    analytic = analytic_ours_flops(args.batch, 256, 8, our_small.model.config.ffn_hidden)
 
     def timed(side: Side) -> Callable[[], object]:
         def run() -> object:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{eq_ratios[1]:.2f}x (c); by fastest step {eq_best[0]:.2f}x (b) and {eq_best[1]:.2f}x (c) "
                "(met only if all four are >= the aim).")
     wall = time.perf_counter() - t_start
-    ffn = our_tiny.model.config.ffn_hidden
+    ffn = our_small.model.config.ffn_hidden
     sections = [
         ("Summary", _common.table(["pairing", "ours", "LaBraM", "training throughput ours / LaBraM (median step)",
                                    "same, fastest step", "LaBraM FLOPs / ours"], pair_rows) + "\n\n" + verdict
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
          f"FlopCounterMode counts, per training step of batch {args.batch}: "
          + ", ".join(f"{n} {f / 1e9:,.1f} GFLOP" for n, f in flops.items())
          + f". Analytic check for ours d256x8 (3 x forward matmuls and attention; SwiGLU hidden {ffn}): "
-           f"{analytic / 1e9:,.1f} GFLOP, {analytic / flops[our_tiny.name]:.2f}x the counter's figure. "
+           f"{analytic / 1e9:,.1f} GFLOP, {analytic / flops[our_small.name]:.2f}x the counter's figure. "
            "MFU on an accelerator = GFLOP / step / step time / peak FLOP/s (e.g. 989 TFLOP/s dense bf16 for an "
            "H100 SXM); `bench/gpu_pretrain.sh` does that for `base` in bf16."),
     ]

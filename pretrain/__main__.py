@@ -1,8 +1,8 @@
 """``python -m pretrain``: fit | validate (LightningCLI), export.
 
-    python -m pretrain fit -c pretrain/configs/tiny.yaml --data.tokens TOKENS --model.tokenizer PKG [--trainer.max_steps N]
-    python -m pretrain fit -c pretrain/configs/tiny.yaml ... --ckpt_path last      # resume the run directory
-    python -m pretrain export runs/pretrain/tiny --out BACKBONE_PKG
+    python -m pretrain fit -c pretrain/configs/small.yaml --data.tokens TOKENS --model.tokenizer PKG [--trainer.max_steps N]
+    python -m pretrain fit -c pretrain/configs/small.yaml ... --ckpt_path last      # resume the run directory
+    python -m pretrain export runs/pretrain/small --out BACKBONE_PKG
     python -m pretrain import brainomni BrainOmni_tiny/ --out PKG       # a released BrainOmni checkpoint folder
 
 Every ``--trainer.*`` option works (devices, num_nodes, strategy=ddp|fsdp, precision=bf16-mixed, ...);

@@ -17,6 +17,7 @@ global RNG, so a resumed run draws exactly the masks an uninterrupted run would.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,9 +27,12 @@ from torch import Tensor
 
 from pretrain.model import (
     MASK_MODES,
+    PRESETS,
+    RENAMED_PRESETS,
     MaskedTokenModel,
     build_config,
     copy_baselines,
+    preset_of,
     sample_mask,
     unigram_floor_accuracy,
 )
@@ -69,7 +73,8 @@ class PretrainModule(L.LightningModule):
 
     Args:
         tokenizer: tokenizer package directory; its codebooks are loaded and frozen, its sizes fix N, L, K.
-        preset: backbone size, ``test`` | ``tiny`` | ``base`` | ``large``.
+        preset: backbone size, ``tiny`` (d32, CPU tests) | ``small`` (d256) | ``base`` | ``large`` (`PRESETS`); the
+            tokenizer's names, rung for rung (``test`` became ``tiny``, the former d256 ``tiny`` is ``small``).
         overrides: BackboneConfig fields to change from the preset (e.g. {"n_layers": 4}).
         embedding: ``codebook`` (sum of frozen codebook vectors, projected) or ``learned`` per-level embeddings.
         mask_ratio: fraction of (latent x frame) positions masked per sample.
@@ -89,7 +94,7 @@ class PretrainModule(L.LightningModule):
     def __init__(
         self,
         tokenizer: str,
-        preset: str = "tiny",
+        preset: str = "small",
         overrides: dict[str, Any] | None = None,
         embedding: str = "codebook",
         mask_ratio: float = 0.5,
@@ -121,9 +126,12 @@ class PretrainModule(L.LightningModule):
             raise OptionError(f"regression_weight {regression_weight} regresses codebook vectors and needs embedding "
                               f"'codebook', not {embedding!r}; pass --model.regression_weight 0 with learned embeddings")
         codebooks, sizes = load_tokenizer_codebooks(tokenizer)
-        self.config = build_config(
-            preset, {**(overrides or {}), "embedding": embedding, "regression_head": regression_weight > 0}, **sizes
-        )
+        try:
+            self.config = build_config(
+                preset, {**(overrides or {}), "embedding": embedding, "regression_head": regression_weight > 0}, **sizes
+            )
+        except ValueError as e:  # a renamed or unknown preset, an unknown or inconsistent override
+            raise OptionError(f"--model.preset / --model.overrides: {e}") from e
         self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
         self.tokenizer_facts = package_reference(tokenizer)
         # code histogram of the training tokens seen so far (floor predictor); saved in checkpoints. Under
@@ -209,3 +217,48 @@ class PretrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TOKENIZER_KEY] = self.tokenizer_facts
         checkpoint[BACKBONE_KEY] = self.config.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, by name, a checkpoint whose backbone has another width, depth or head count than this module
+        (e.g. a run of the former ``tiny``, now ``small``, resumed with today's ``tiny`` config)."""
+        saved = checkpoint.get(BACKBONE_KEY)
+        if saved and any(saved.get(k) != getattr(self.config, k) for k in SIZE_FIELDS):
+            name = preset_of(saved)
+            fix = f"--model.preset {name}" if name else f"--model.overrides with its {', '.join(SIZE_FIELDS)}"
+            raise OptionError(f"the checkpoint's backbone is {_size(saved)}, this module's is {_size(self.config.to_dict())}; "
+                              f"{RENAME_NOTE}. Load it at its own size: {fix}")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> PretrainModule:
+        """Lightning's loader, built at the size the checkpoint's backbone has (``brainforge_backbone_config``),
+        whatever preset its hyper-parameters name: checkpoints written before the presets were renamed say ``test``
+        (now ``tiny``) or ``tiny`` (then d256, now ``small``). ``preset`` / ``overrides`` passed here win."""
+        if "preset" not in kwargs and "overrides" not in kwargs and isinstance(checkpoint_path, (str, Path)) \
+                and Path(checkpoint_path).is_file():
+            peek = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)  # no tensor is read
+            saved = peek.get(BACKBONE_KEY)
+            if saved:
+                kwargs.update(checkpoint_preset(saved, peek.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}))
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+
+SIZE_FIELDS = ("d_model", "n_layers", "n_heads")
+RENAME_NOTE = ("backbone presets were renamed to match the tokenizer's: the former 'test' is now 'tiny' "
+               "(d_model 32), the former 'tiny' is now 'small' (d_model 256)")
+
+
+def _size(config: dict[str, Any]) -> str:
+    name = preset_of(config)
+    return f"d_model {config.get('d_model')}, {config.get('n_layers')} layers, {config.get('n_heads')} heads" + (
+        f" (preset {name!r})" if name else "")
+
+
+def checkpoint_preset(saved: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    """``preset`` (and, for a size no preset has, ``overrides``) that rebuild a checkpoint's backbone config
+    ``saved`` from its hyper-parameters ``hparams``, under today's preset names."""
+    name = preset_of(saved)
+    if name is not None:
+        return {"preset": name}
+    old = hparams.get("preset")
+    name = RENAMED_PRESETS.get(old, old) if RENAMED_PRESETS.get(old, old) in PRESETS else "small"
+    return {"preset": name, "overrides": {**(hparams.get("overrides") or {}), **{k: saved[k] for k in SIZE_FIELDS}}}

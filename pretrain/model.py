@@ -30,7 +30,7 @@ from runkit.config import DictConfig
 @dataclass(frozen=True)
 class BackboneConfig(DictConfig):
     """Sizes of the backbone. ``n_latent``, ``rvq_levels``, ``codebook_size`` and ``codebook_dim`` come
-    from the tokenizer package; the rest from a preset (`test`, `tiny`, `base`, `large`)."""
+    from the tokenizer package; the rest from a preset (`tiny`, `small`, `base`, `large`; see `PRESETS`)."""
 
     d_model: int = 256
     n_layers: int = 8
@@ -57,18 +57,39 @@ class BackboneConfig(DictConfig):
 
 
 
+#: Backbone sizes by name, the tokenizer's preset names (`tokenizer.config`) rung for rung: ``tiny`` is the d32
+#: CPU-test size in both stages. Before they were aligned, this ``tiny`` was called ``test``
+#: and today's ``small`` (d256) was called ``tiny``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "test": {"d_model": 32, "n_layers": 2, "n_heads": 2},  # CPU tests: a step in milliseconds
-    "tiny": {"d_model": 256, "n_layers": 8, "n_heads": 4},
+    "tiny": {"d_model": 32, "n_layers": 2, "n_heads": 2},  # CPU tests and smoke runs: a step in milliseconds
+    "small": {"d_model": 256, "n_layers": 8, "n_heads": 4},
     "base": {"d_model": 512, "n_layers": 12, "n_heads": 8},
     "large": {"d_model": 1024, "n_layers": 24, "n_heads": 16},
 }
+#: Old preset names that no longer exist -> the preset of the same size now. (The old ``tiny``, d256, is today's
+#: ``small``; the name ``tiny`` itself now means d32 and cannot be caught here.)
+RENAMED_PRESETS: dict[str, str] = {"test": "tiny"}
 
 
-def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None, **tokenizer_sizes: Any) -> BackboneConfig:
+def describe_preset(name: str) -> str:
+    """``'tiny' (d_model 32, 2 layers)``."""
+    p = PRESETS[name]
+    return f"{name!r} (d_model {p['d_model']}, {p['n_layers']} layers)"
+
+
+def preset_of(config: BackboneConfig | dict[str, Any]) -> str | None:
+    """The preset whose width, depth and heads ``config`` has, or None (a custom size)."""
+    c = config.to_dict() if isinstance(config, BackboneConfig) else config
+    return next((k for k, v in PRESETS.items() if all(c.get(f) == x for f, x in v.items())), None)
+
+
+def build_config(preset: str = "small", overrides: dict[str, Any] | None = None, **tokenizer_sizes: Any) -> BackboneConfig:
     """A preset with the tokenizer's sizes and field overrides (e.g. {"n_layers": 4})."""
+    if preset in RENAMED_PRESETS:
+        raise ValueError(f"backbone preset {preset!r} was renamed to {describe_preset(RENAMED_PRESETS[preset])}, "
+                         f"the tokenizer's name for that scale; the former 'tiny' is now {describe_preset('small')}")
     if preset not in PRESETS:
-        raise ValueError(f"backbone preset {preset!r} unknown; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"backbone preset {preset!r} unknown; choose one of {', '.join(map(describe_preset, PRESETS))}")
     return BackboneConfig.from_dict({**PRESETS[preset], **tokenizer_sizes, **(overrides or {})})
 
 

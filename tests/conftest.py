@@ -40,7 +40,7 @@ def model_registry(tmp_path_factory) -> dict:
     """A REAL fine-tuned model package, built once per session (~30 s on 2 cores).
 
     A tiny tokenizer package (k-means codebooks on bundled windows), a random backbone package of preset
-    ``test``, and a ``probe`` fitted for 2 epochs through ``python -m finetune fit`` (in-process) on
+    ``tiny``, and a ``probe`` fitted for 2 epochs through ``python -m finetune fit`` (in-process) on
     tests/data/demo_task.csv (2 s windows labelled ``biosemi`` = test.edf or ``natus`` = test_subsecond.edf),
     exported with ``python -m finetune export``. Returns a dict: ``registry`` (Path), ``name`` ("demo"),
     ``version`` ("1"), ``package`` (registry/demo/1), ``run`` (the fit run directory), ``tokenizer`` and

@@ -3,7 +3,7 @@
 * a labelled task over bundled recordings (tests/data/demo_task.csv): which amplifier recorded a 1 s
   segment, ``biosemi`` (test.edf, 6 segments) or ``natus`` (test_subsecond.edf, 6 segments);
 * a tiny tokenizer package (random init, codebooks k-means-initialised on real windows of the bundled
-  recordings), and a backbone package of preset ``test`` (random init, the tokenizer's codebooks) in the
+  recordings), and a backbone package of preset ``tiny`` (random init, the tokenizer's codebooks) in the
   format ``python -m pretrain export`` writes;
 * a probe fine-tuned for a few epochs through the real CLI and exported to a registry.
 """
@@ -45,7 +45,7 @@ def tiny_tokenizer_package(out: Path, seed: int = 0) -> Path:
 
 
 def test_backbone_package(tokenizer_pkg: Path, out: Path, seed: int = 0) -> Path:
-    """A randomly initialised backbone of preset ``test`` on the tokenizer's codebooks, packaged like
+    """A randomly initialised backbone of preset ``tiny`` on the tokenizer's codebooks, packaged like
     ``python -m pretrain export`` does (config.json + model.safetensors + reference to the tokenizer)."""
     from pretrain.lightning import load_tokenizer_codebooks
     from pretrain.model import MaskedTokenModel, build_config
@@ -54,7 +54,7 @@ def test_backbone_package(tokenizer_pkg: Path, out: Path, seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     codebooks, sizes = load_tokenizer_codebooks(str(tokenizer_pkg))
-    cfg = build_config("test", **sizes)
+    cfg = build_config("tiny", **sizes)
     model = MaskedTokenModel(cfg, codebooks)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))

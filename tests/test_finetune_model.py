@@ -59,7 +59,7 @@ def _batch(b: int, c: int, t: int = 512, seed: int = 0):
 @pytest.mark.parametrize("input_kind", ["latents", "tokens"])
 def test_modes_shapes_and_what_trains(input_kind):
     tc = dataclasses.replace(TokenizerConfig.tiny(), kmeans_init=False)  # codebooks ready (as in a package)
-    bc = build_config("test", n_latent=tc.n_latent, rvq_levels=tc.rvq_levels, codebook_size=tc.codebook_size,
+    bc = build_config("tiny", n_latent=tc.n_latent, rvq_levels=tc.rvq_levels, codebook_size=tc.codebook_size,
                       codebook_dim=tc.codebook_dim)  # fmt: skip
     x = _batch(2, 3, t=256)
     trainable = {}
@@ -92,7 +92,7 @@ def test_modes_shapes_and_what_trains(input_kind):
 
 def test_padding_and_channel_order_do_not_change_predictions():
     tc = TokenizerConfig.tiny()
-    bc = build_config("test", n_latent=tc.n_latent, rvq_levels=tc.rvq_levels, codebook_size=tc.codebook_size,
+    bc = build_config("tiny", n_latent=tc.n_latent, rvq_levels=tc.rvq_levels, codebook_size=tc.codebook_size,
                       codebook_dim=tc.codebook_dim)  # fmt: skip
     torch.manual_seed(0)
     m = FoundationClassifier(tc, bc, HeadConfig(n_classes=2), input="latents").eval()

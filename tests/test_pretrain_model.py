@@ -28,7 +28,7 @@ SIZES = {"n_latent": 16, "rvq_levels": 4, "codebook_size": 64, "codebook_dim": 8
 
 def _model(embedding: str = "codebook") -> MaskedTokenModel:
     torch.manual_seed(0)
-    cfg = build_config("test", {"embedding": embedding}, **SIZES)
+    cfg = build_config("tiny", {"embedding": embedding}, **SIZES)
     return MaskedTokenModel(cfg, torch.randn(4, 64, 8) if embedding == "codebook" else None).eval()
 
 
@@ -193,19 +193,25 @@ def test_lr_schedules():
         lr_factor(20, 100, 10, "linear", 0.0, 0.2)
 
 
-def test_presets_have_the_published_sizes():
-    assert {k: (v["d_model"], v["n_layers"]) for k, v in PRESETS.items() if k != "test"} == {
-        "tiny": (256, 8), "base": (512, 12), "large": (1024, 24)}
-    with pytest.raises(ValueError, match="preset"):
+def test_presets_have_the_published_sizes_and_the_tokenizers_names():
+    assert {k: (v["d_model"], v["n_layers"]) for k, v in PRESETS.items()} == {
+        "tiny": (32, 2), "small": (256, 8), "base": (512, 12), "large": (1024, 24)}
+    for name in ("tiny", "small", "base"):  # one name, one scale in both stages: tiny is the d32 CPU-test size
+        assert TokenizerConfig.preset(name) and build_config(name, **SIZES).d_model == PRESETS[name]["d_model"]
+    assert TokenizerConfig.tiny().d_model == PRESETS["tiny"]["d_model"] == 32
+    with pytest.raises(ValueError, match=r"unknown; choose one of 'tiny' \(d_model 32, 2 layers\), 'small'"):
         build_config("huge", **SIZES)
+    with pytest.raises(ValueError, match="'test' was renamed to 'tiny' \\(d_model 32"):  # never silently another size
+        build_config("test", **SIZES)
+    assert build_config(**SIZES).d_model == 256  # the default size is unchanged: now called small
     with pytest.raises(ValueError, match="unknown field"):
-        build_config("test", {"width": 3}, **SIZES)
+        build_config("tiny", {"width": 3}, **SIZES)
 
 
 def test_module_step_logs_the_copy_baselines_beside_the_floor(tmp_path):
     torch.manual_seed(0)
     save_package(BrainTokenizer(TokenizerConfig.tiny()), tmp_path / "pkg")
-    module = PretrainModule(str(tmp_path / "pkg"), preset="test", mask_mode="frames")
+    module = PretrainModule(str(tmp_path / "pkg"), preset="tiny", mask_mode="frames")
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
     g = torch.Generator().manual_seed(0)
@@ -221,14 +227,14 @@ def test_module_step_logs_the_copy_baselines_beside_the_floor(tmp_path):
         assert f"val/floor_acc_l{lv}" in logged and f"val/acc_l{lv}" in logged
     assert logged["val/spatial_cover"] == 0.0 and logged["val/framecopy_cover"] == 1.0
     with pytest.raises(ValueError, match="mask_mode"):
-        PretrainModule(str(tmp_path / "pkg"), preset="test", mask_mode="blocks")
+        PretrainModule(str(tmp_path / "pkg"), preset="tiny", mask_mode="blocks")
 
 
 def test_module_loads_frozen_codebooks_and_excludes_norms_from_weight_decay(tmp_path):
     torch.manual_seed(0)
     tok = BrainTokenizer(TokenizerConfig.tiny())
     save_package(tok, tmp_path / "pkg")
-    module = PretrainModule(str(tmp_path / "pkg"), preset="test", weight_decay=0.1)
+    module = PretrainModule(str(tmp_path / "pkg"), preset="tiny", weight_decay=0.1)
     torch.testing.assert_close(module.model.codebooks, tok.quantizer.rvq.codebooks.detach())
     assert module.config.codebook_size == 256 and module.config.n_latent == 16
     names = {id(p): n for n, p in module.model.named_parameters()}
@@ -239,3 +245,34 @@ def test_module_loads_frozen_codebooks_and_excludes_norms_from_weight_decay(tmp_
     assert "codebooks" not in decayed | plain  # frozen
     assert all(("norm" in n or "embed" in n or n.endswith("bias")) for n in plain)
     assert all(n.endswith("weight") and "norm" not in n for n in decayed) and "blocks.0.temporal.qkv.weight" in decayed
+
+
+def test_checkpoints_written_under_the_old_preset_names_load_at_their_own_size(tmp_path):
+    """Checkpoints record the preset name in their hyper-parameters; those written before the rename say ``test``
+    (now ``tiny``) or ``tiny`` (then d256, now ``small``). They load at the size of their recorded backbone config;
+    a module of another size refuses them by name."""
+    import lightning
+
+    from pretrain.lightning import BACKBONE_KEY, checkpoint_preset
+
+    save_package(BrainTokenizer(TokenizerConfig.tiny()), tmp_path / "pkg")
+
+    def old_checkpoint(module: PretrainModule, preset: str, overrides: dict | None) -> str:
+        hp = {**module.hparams, "preset": preset, "overrides": overrides}
+        path = tmp_path / f"{preset}.ckpt"
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": hp, BACKBONE_KEY: module.config.to_dict(),
+                    "pytorch-lightning_version": lightning.__version__}, path)
+        return str(path)
+
+    torch.manual_seed(0)
+    d32 = PretrainModule(str(tmp_path / "pkg"), preset="tiny")
+    loaded = PretrainModule.load_from_checkpoint(old_checkpoint(d32, "test", None))
+    assert loaded.hparams.preset == "tiny" and loaded.config == d32.config
+    torch.testing.assert_close(loaded.state_dict(), d32.state_dict())
+    d256 = PretrainModule(str(tmp_path / "pkg"), preset="small", overrides={"n_layers": 1})  # an old `tiny` + overrides
+    loaded = PretrainModule.load_from_checkpoint(old_checkpoint(d256, "tiny", {"n_layers": 1}))
+    assert loaded.config == d256.config
+    torch.testing.assert_close(loaded.state_dict(), d256.state_dict())
+    assert checkpoint_preset({**d256.config.to_dict(), "n_layers": 8}, {"preset": "tiny"}) == {"preset": "small"}
+    with pytest.raises(ValueError, match="the former 'tiny' is now 'small'.*--model.overrides"):
+        d32.on_load_checkpoint({BACKBONE_KEY: d256.config.to_dict()})  # resuming with the wrong size

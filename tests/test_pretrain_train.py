@@ -59,7 +59,7 @@ def _run(*args, timeout=300) -> subprocess.CompletedProcess:
 
 
 def _fit_args(tokens, pkg, run, *extra) -> list[str]:
-    return ["fit", "-c", "pretrain/configs/test.yaml", "--data.tokens", str(tokens), "--model.tokenizer", str(pkg),
+    return ["fit", "-c", "pretrain/configs/tiny.yaml", "--data.tokens", str(tokens), "--model.tokenizer", str(pkg),
             "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu", *extra]
 
@@ -143,7 +143,7 @@ def _score_before_and_after_training(module: PretrainModule, out: Path, score, s
 def test_training_steps_lower_the_masked_loss(tokens):
     out, pkg = tokens
     L.seed_everything(0)
-    module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1, prior_init=False)
+    module = PretrainModule(str(pkg), preset="tiny", lr=3e-3, warmup_steps=1, prior_init=False)
     fixed, mask = _fixed_batch(out)
 
     def fixed_loss() -> float:
@@ -160,7 +160,7 @@ def test_regression_target_learns_the_masked_latents_and_survives_export(tokens,
     cosine rises, and the exported package rebuilds the head (config field ``regression_head``)."""
     out, pkg = tokens
     L.seed_everything(0)
-    module = PretrainModule(str(pkg), preset="test", lr=3e-3, warmup_steps=1, prior_init=False, regression_weight=1.0)
+    module = PretrainModule(str(pkg), preset="tiny", lr=3e-3, warmup_steps=1, prior_init=False, regression_weight=1.0)
     assert module.config.regression_head
     fixed, mask = _fixed_batch(out)
 
@@ -179,7 +179,7 @@ def test_regression_target_learns_the_masked_latents_and_survives_export(tokens,
     assert loaded.model.config.regression_head and hasattr(loaded.model, "regress_head")
     assert torch.equal(loaded.model.regress_head.weight, module.model.regress_head.weight)
     with pytest.raises(ValueError, match="regression_weight"):
-        PretrainModule(str(pkg), preset="test", regression_weight=-1.0)
+        PretrainModule(str(pkg), preset="tiny", regression_weight=-1.0)
 
 
 def test_fit_starts_the_head_at_the_unigram_predictor_of_the_training_tokens(tokens):
@@ -193,7 +193,7 @@ def test_fit_starts_the_head_at_the_unigram_predictor_of_the_training_tokens(tok
     assert torch.equal(ds.code_counts(), by_hand)
     assert ds.code_counts(max_windows=10).sum(1).tolist() == [10 * codes[0, ..., 0].numel()] * codes.shape[-1]
 
-    module = PretrainModule(str(pkg), preset="test", lr=0.0, weight_decay=0.0)  # lr 0: the first step changes nothing
+    module = PretrainModule(str(pkg), preset="tiny", lr=0.0, weight_decay=0.0)  # lr 0: the first step changes nothing
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, PretrainDataModule(str(out), segment_windows=2, batch_size=4))

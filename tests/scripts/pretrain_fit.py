@@ -4,7 +4,7 @@ The recorder appends one JSON line per optimizer step to OUT/rank{R}.jsonl (step
 recording/start/anchor of every segment of the batch), logs every checkpoint write with the rank that made
 it to OUT/saves_rank{R}.txt, saves the trained parameters to OUT/weights_rank{R}.npy, and with KILL > 0
 SIGKILLs its own process once step KILL is done (at the start of the next step).
-Usage: python tests/scripts/pretrain_fit.py OUT KILL fit -c pretrain/configs/test.yaml --data.tokens ... [...]
+Usage: python tests/scripts/pretrain_fit.py OUT KILL fit -c pretrain/configs/tiny.yaml --data.tokens ... [...]
 (Lightning DDP and torchrun re-run this same script per rank.)
 """
 
