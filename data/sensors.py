@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import mne
@@ -205,8 +207,48 @@ def layout_from_info(
     Returns:
         (layout, picks): layout with C channels (positions/orientations [C, 3] float32, metres, head
         frame); picks: [C] int64 indices into ``info['ch_names']``, layout row i = channel picks[i].
+
+    The result is remembered per channel set (names, kinds, units, coil types, frames, ``loc``), ``dev_head_t``
+    and ``montage`` (the last `LAYOUT_CACHE_SIZE`), with its warnings, which are logged again (naming ``name``)
+    at every call: a server sees one montage again and again, and placing 64 labels in the built-in montages
+    costs more than filtering a 10 s request (issue 14). Each call returns its own copies of the arrays.
     """
-    label = name or "recording"
+    key = _layout_key(info, montage)
+    with _LAYOUT_LOCK:
+        hit = _LAYOUT_CACHE.get(key)
+        if hit is not None:
+            _LAYOUT_CACHE.move_to_end(key)
+    if hit is None:
+        hit = _build_layout(info, montage)
+        with _LAYOUT_LOCK:
+            _LAYOUT_CACHE[key] = hit
+            while len(_LAYOUT_CACHE) > LAYOUT_CACHE_SIZE:
+                _LAYOUT_CACHE.popitem(last=False)
+    layout, picks, notes = hit
+    for fmt, args in notes:
+        logger.warning("%s: " + fmt, name or "recording", *args)
+    return replace(layout, types=layout.types.copy(), positions=layout.positions.copy(),
+                   orientations=layout.orientations.copy()), picks.copy()
+
+
+LAYOUT_CACHE_SIZE = 64
+_LAYOUT_CACHE: OrderedDict[tuple, tuple[SensorLayout, np.ndarray, list]] = OrderedDict()
+_LAYOUT_LOCK = threading.Lock()
+
+
+def _layout_key(info: mne.Info, montage: str | None) -> tuple:
+    """What `layout_from_info` reads of ``info``: every channel's name, kind, unit, coil type (these give MNE's
+    channel type), coordinate frame and ``loc``, and the device-to-head transform."""
+    trans = info.get("dev_head_t")
+    return (montage, None if trans is None else np.asarray(trans["trans"], dtype=np.float64).tobytes(),
+            tuple((ch["ch_name"], int(ch["kind"]), int(ch["unit"]), int(ch["coil_type"]), int(ch["coord_frame"]),
+                   np.asarray(ch["loc"], dtype=np.float64).tobytes()) for ch in info["chs"]))
+
+
+def _build_layout(info: mne.Info, montage: str | None) -> tuple[SensorLayout, np.ndarray, list]:
+    """`layout_from_info` without the cache: (layout, picks, warnings as (format, args) without the recording's
+    name)."""
+    notes: list[tuple[str, tuple]] = []
     ch_types = info.get_channel_types()
     picks = np.array([i for i, t in enumerate(ch_types) if t in MODEL_CHANNEL_TYPES], dtype=np.int64)
     chs = [info["chs"][i] for i in picks]
@@ -222,7 +264,7 @@ def layout_from_info(
 
     meg = types != SensorType.EEG
     if meg.any():
-        _meg_to_head(info, chs, types, locs, meg, positions, orientations, label)
+        _meg_to_head(info, chs, types, locs, meg, positions, orientations, notes)
 
     eeg_missing = unknown & (types == SensorType.EEG)
     if eeg_missing.any():
@@ -240,11 +282,11 @@ def layout_from_info(
         listed = ", ".join(missing[:_MAX_LISTED])
         if len(missing) > _MAX_LISTED:
             listed += f", ... ({len(missing) - _MAX_LISTED} more)"
-        logger.warning(
-            "%s: %d channel(s) have no known position (not in the file, no match in montage %s): %s; "
+        notes.append((
+            "%d channel(s) have no known position (not in the file, no match in montage %s): %s; "
             "they are identified by name only",
-            label, len(missing), repr(montage) if montage else "(none of the built-in caps fits these names)", listed,
-        )
+            (len(missing), repr(montage) if montage else "(none of the built-in caps fits these names)", listed),
+        ))
     layout = SensorLayout(
         names=names,
         types=types,
@@ -252,7 +294,7 @@ def layout_from_info(
         orientations=orientations.astype(np.float32),
         position_sources=tuple(sources),
     )
-    return layout, picks
+    return layout, picks, notes
 
 
 _MAX_LISTED = 64  # channel names listed in one warning
@@ -266,12 +308,13 @@ def _meg_to_head(
     meg: np.ndarray,
     positions: np.ndarray,
     orientations: np.ndarray,
-    label: str,
+    notes: list[tuple[str, tuple]],
 ) -> None:
-    """Fill MEG rows of ``positions``/``orientations`` [C, 3] in place: device frame -> head frame."""
+    """Fill MEG rows of ``positions``/``orientations`` [C, 3] in place: device frame -> head frame. Warnings go to
+    ``notes`` as (format, args) without the recording's name."""
     dev_head_t = info.get("dev_head_t")
     if dev_head_t is None:
-        logger.warning("%s: no device->head transform (dev_head_t); MEG positions stay in the device frame", label)
+        notes.append(("no device->head transform (dev_head_t); MEG positions stay in the device frame", ()))
         trans = np.eye(4)
     else:
         trans = np.asarray(dev_head_t["trans"], dtype=np.float64)
@@ -287,7 +330,7 @@ def _meg_to_head(
     orientations[ok] = normal[ok] / norm[ok, None]
     if (meg & ~ok).any():
         bad = [chs[i]["ch_name"] for i in np.flatnonzero(meg & ~ok)]
-        logger.warning("%s: MEG channel(s) without a coil orientation (left as zeros): %s", label, ", ".join(bad))
+        notes.append(("MEG channel(s) without a coil orientation (left as zeros): %s", (", ".join(bad),)))
 
 
 def channel_type_counts(info: mne.Info) -> dict[str, int]:

@@ -100,7 +100,7 @@ class Predictor:
         return self._fit_channels(windows_from_epochs(epochs, self.package.preprocessing, name), name)
 
     def prepare(self, obj, name: str) -> ModelInputs:
-        """An MNE Raw (`prepare_raw`) or Epochs (`prepare_epochs`) -> ModelInputs."""
+        """An MNE Raw or `data.arrays.ArrayRecording` (`prepare_raw`), or MNE Epochs (`prepare_epochs`) -> ModelInputs."""
         import mne
 
         return self.prepare_epochs(obj, name) if isinstance(obj, mne.BaseEpochs) else self.prepare_raw(obj, name)
@@ -129,7 +129,8 @@ class Predictor:
         if not self.is_baseline:
             seen = self.package.seen_channels
             if seen:
-                unseen = [c for c in names if c not in set(seen)]
+                seen = set(seen)
+                unseen = [c for c in names if c not in seen]
                 if unseen:
                     windows.warnings.append(
                         f"{name}: {len(unseen)} of {len(names)} channel(s) were not in the training data "
@@ -146,7 +147,8 @@ class Predictor:
                 f"missing {len(missing)}: {', '.join(missing[:12])}{', ...' if len(missing) > 12 else ''} "
                 f"(the input has {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
             )
-        extra = [c for c in names if c not in set(trained)]
+        trained_set = set(trained)
+        extra = [c for c in names if c not in trained_set]
         if extra:
             windows.warnings.append(f"{name}: {len(extra)} channel(s) the baseline was not trained on are ignored: {', '.join(extra[:8])}")
         idx = np.array([names.index(c) for c in trained])

@@ -1,4 +1,5 @@
-"""Turn request inputs into MNE objects: v2 tensors / JSON arrays -> RawArray or EpochsArray, uploads -> files.
+"""Turn request inputs into what the preprocessing reads: v2 tensors / JSON arrays -> `ArrayRecording` (one
+recording) or EpochsArray, uploads -> files.
 
 Uploads are written into a per-request temporary directory (`request_tmpdir`, removed after the request, also
 on errors; folders left by a killed server are removed at the next start, `sweep_stale_uploads`). A ``.zip``
@@ -27,6 +28,7 @@ from typing import Any
 import mne
 import numpy as np
 
+from data.arrays import ArrayRecording
 from data.atomic import process_alive
 from serve.errors import BadInput, LimitExceeded, PayloadTooLarge
 
@@ -102,16 +104,17 @@ def check_signal(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
-def mne_input(x: np.ndarray, info: mne.Info) -> mne.io.RawArray | mne.EpochsArray:
-    """[C, T] -> RawArray, [N, C, T] -> EpochsArray (tmin 0)."""
+def mne_input(x: np.ndarray, info: mne.Info) -> ArrayRecording | mne.EpochsArray:
+    """[C, T] -> `data.arrays.ArrayRecording` (the array itself, read as an MNE Raw is: no RawArray, no float64
+    copy), [N, C, T] -> EpochsArray (tmin 0). ``info`` is shared, not copied (`cached_info` gives it read-only)."""
     if x.shape[-2] != len(info["ch_names"]):
         raise BadInput(f"signal has {x.shape[-2]} channels but {len(info['ch_names'])} channel names were given")
+    if x.ndim == 2:
+        return ArrayRecording(x, info)
     data = x.astype(np.float64)
     # verbose="error" makes MNE set and reset its logger's level, and each logging.setLevel clears the cache of every
     # logger in the process (thousands with torch loaded): skip it when MNE is quiet already
     verbose = None if mne.utils.logger.level >= logging.ERROR else "error"
-    if x.ndim == 2:
-        return mne.io.RawArray(data, info, verbose=verbose)
     n, _, t = x.shape  # epochs laid end to end on one clock: epoch i starts at i * T / sfreq
     events = np.c_[np.arange(n) * t, np.zeros(n, int), np.ones(n, int)].astype(int)
     return mne.EpochsArray(data, info, events=events, tmin=0.0, verbose=verbose)

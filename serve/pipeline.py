@@ -187,7 +187,8 @@ def cached_info(names: list[str], types: list[str] | None, sfreq: float,
                 positions: np.ndarray | None = None, orientations: np.ndarray | None = None):
     """`make_info`, remembered per (names, types, sfreq, positions, orientations): building an MNE Info for 64
     channels costs more than filtering a 10 s request, and clients send the same montage again and again. The
-    Info is shared read-only (`mne.io.RawArray` and `mne.EpochsArray` copy it); invalid inputs are never cached."""
+    Info is shared read-only (`ArrayRecording` keeps it, `mne.EpochsArray` copies it; nothing on the request path
+    changes it); invalid inputs are never cached."""
     key = (tuple(names), None if types is None else tuple(types), float(sfreq),
            None if positions is None else np.asarray(positions, np.float64).tobytes(),
            None if orientations is None else np.asarray(orientations, np.float64).tobytes())

@@ -227,6 +227,31 @@ def test_v2_binary_tensors_and_raw_float32_bodies_match_json(client, registry):
         assert f'brainforge_stage_seconds_count{{model="{name}",stage="{stage}",version="1"}}' in text, stage
 
 
+def test_v2_request_path_gives_the_model_inputs_of_a_raw_array(registry, predictor):
+    """Issue 14: a request's signal is preprocessed from the array itself (`ArrayRecording`, a cached Info and
+    layout, no RawArray), into exactly the model inputs `Predictor.prepare` makes of it as an `mne.io.RawArray`,
+    request after request."""
+    import mne
+
+    from serve.pipeline import prepare_raw_body, prepare_v2
+
+    x, names = eeg_signal(32, 10.0)
+    body, header_length = _binary_body(x, names, 256.0)
+    settings = Settings(registry=registry[0])
+    raw = mne.io.RawArray(x.astype(np.float64), mne.create_info(names, 256.0, "eeg"), verbose="error")
+    want = predictor.prepare(raw, "bin-1")
+    query = {"sfreq": "256", "channel_names": ",".join(names), "id": "bin-1"}
+    for got in (prepare_v2(predictor, settings, body, header_length)[0],  # the second one takes the caches
+                prepare_v2(predictor, settings, body, header_length)[0],
+                prepare_raw_body(predictor, settings, x.astype("<f4").tobytes(), query)[0]):
+        assert got.warnings == want.warnings and got.layout.names == want.layout.names
+        np.testing.assert_array_equal(got.t0_s, want.t0_s)
+        for a, b in zip(got.items, want.items, strict=True):
+            assert a["channels"] == b["channels"] and a["recording"] == b["recording"]
+            for k in ("signal", "types", "positions", "orientations"):
+                np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_v2_infer_bad_requests_say_what_is_wrong(client, registry):
     url = f"/v2/models/{registry[1]}/infer"
     x, names = eeg_signal(4, 4.0)

@@ -8,6 +8,7 @@ import mne
 import numpy as np
 from scipy.signal import oaconvolve, resample_poly
 
+from data.arrays import ArrayRecording
 from data.preprocess import rational_ratio
 from data.sensors import SensorLayout, SensorType
 
@@ -141,7 +142,7 @@ def windows_from_epochs(epochs: mne.BaseEpochs, prep: TaskPreprocessing, name: s
 
     parts = []
     for e in range(len(data)):
-        raw = mne.io.RawArray(data[e], epochs.info, verbose="error")
+        raw = ArrayRecording(data[e], epochs.info)  # what windows_from_raw reads of a Raw, without a copy
         rw = windows_from_raw(raw, prep, f"{name} epoch {e}")
         rw.t0_s = rw.t0_s + t0[e]
         rw.source_index[:] = e

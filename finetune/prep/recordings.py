@@ -40,7 +40,8 @@ def windows_from_raw(
     """A continuous recording -> ModelInputs (the path of CSV/BIDS tasks, `finetune predict` and the server).
 
     Args:
-        raw: an opened recording (any MNE reader; not necessarily preloaded).
+        raw: an opened recording (any MNE reader; not necessarily preloaded), or a `data.arrays.ArrayRecording`
+            (a signal in memory: the server's requests).
         prep: the task's preprocessing.
         name: how items and errors name the recording.
         segments: optional [start_s, stop_s) intervals in seconds of ``raw.times``; each gives the windows
