@@ -227,7 +227,7 @@ def main() -> int:
                     print(f"batching {mode:3} {kind:6} C={c:2}: {r['throughput']:.2f} req/s  p50 {r['p50_ms']:.0f} ms  "
                           f"p99 {r['p99_ms']:.0f} ms  ({r['requests']} ok, errors {r['errors'] or 0}) "
                           f"stages {', '.join(f'{k} {v:.0f}' for k, v in r['stages_ms'].items())} ms; "
-                          f"forward {100 * r['forward_cpu_share']:.0f}% of server CPU; load {r['load']:.1f}", flush=True)
+                          f"forward {100 * r['forward_cpu_share']:.1f}% of server CPU; load {r['load']:.1f}", flush=True)
             if mode == "on" and args.soak:
                 soak_body = binary_body(*_shape(args.soak_shape), seed=1)
                 asyncio.run(load(srv.url, soak_body, 32, total=200))  # warm-up at the soak's shape
@@ -279,7 +279,7 @@ def write_results(args, rows: list[dict], soak: dict, load_before, wall_s: float
             f"| {r['mode']} | {r['body']} | {r['concurrency']} | {r['requests']} | {sum(r['errors'].values())} | "
             f"{r['throughput']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['windows_per_pass']:.1f} | "
             f"{r['windows_per_s']:.0f} ({100 * r['windows_per_s'] * limit['best_ms'] / 1000:.0f}%) | {st['parse']:.1f} | "
-            f"{st['preprocess']:.1f} | {st['queue_wait']:.0f} | {st['forward']:.0f} | {100 * r['forward_cpu_share']:.0f}% | "
+            f"{st['preprocess']:.1f} | {st['queue_wait']:.0f} | {st['forward']:.0f} | {100 * r['forward_cpu_share']:.1f}% | "
             f"{r['load']:.1f} |")
     lines += ["", "Stage times are per request, means over the row, from the server's `brainforge_stage_seconds` "
               "histograms (deltas of `_sum` / `_count`): parse = body to arrays and channel info; preprocess = MNE "
