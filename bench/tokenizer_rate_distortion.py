@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         ("What was done", "For each" + __doc__.split("\n\nFor each", 1)[1]),
         ("Commands", f"```\n{record['command']}\n```\n\nwhich ran, in order (wall time):\n\n"
-         + "\n\n".join(f"{s['name']} ({s['wall_s'] / 60:.1f} min):\n\n```\n.venv/bin/python {' '.join(map(tq.quote, s['args']))}\n```"
+         + "\n\n".join(f"{s['name']} ({s['wall_s'] / 60:.1f} min):\n\n```\n.venv/bin/python {' '.join(map(shlex.quote, s['args']))}\n```"
                        for s in record["steps"])),
         ("Results", _common.table(head, rows) + f"\n\n![rate-distortion]({png.name})\n\n"
          f"{record['steps_per_point']} optimizer steps per point (batch and channel cap of small.yaml), the same data, "
