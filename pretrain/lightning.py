@@ -89,6 +89,9 @@ class PretrainModule(L.LightningModule):
             (`MaskedTokenModel.init_head_prior`, counted on up to ``prior_windows`` evenly spaced windows).
         regression_weight: weight of a second target, the cosine between a regression head's output and the masked
             positions' codebook-space latents (`MaskedTokenModel.regress`); 0 = cross-entropy on the codes only.
+        init_from: a backbone package (``python -m pretrain export``) whose weights this run starts from instead of
+            a fresh initialisation: continued or domain-adaptive pretraining on your own recordings. Its sizes and
+            tokenizer must be this run's; the head prior is then not re-initialised.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class PretrainModule(L.LightningModule):
         prior_init: bool = True,
         prior_windows: int = 2048,
         regression_weight: float = 1.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -134,6 +138,8 @@ class PretrainModule(L.LightningModule):
             raise OptionError(f"--model.preset / --model.overrides: {e}") from e
         self.model = MaskedTokenModel(self.config, codebooks if embedding == "codebook" else None)
         self.tokenizer_facts = package_reference(tokenizer)
+        if init_from:
+            self._start_from_package(init_from)
         # code histogram of the training tokens seen so far (floor predictor); saved in checkpoints. Under
         # DDP, buffers are broadcast from rank 0 before each forward, so every rank uses rank 0's histogram.
         self.register_buffer("code_counts", torch.zeros(self.config.rvq_levels, self.config.codebook_size, dtype=torch.long))
@@ -144,13 +150,34 @@ class PretrainModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Head prior on a fresh fit. Runs before DDP wraps the model (which then broadcasts rank 0's weights);
         a resumed run (``ckpt_path``) gets its weights from the checkpoint instead."""
-        if stage != "fit" or not self.hparams.prior_init or self.trainer.ckpt_path is not None:
+        if stage != "fit" or not self.hparams.prior_init or self.trainer.ckpt_path is not None or self.hparams.init_from:
             return
         ds = getattr(self.trainer.datamodule, "train_ds", None)
         if ds is None or not hasattr(ds, "code_counts"):
             log.warning("prior_init: no SegmentDataset to count codes on; the head starts at random")
             return
         self.model.init_head_prior(ds.code_counts(self.hparams.prior_windows))
+
+    def _start_from_package(self, path: str) -> None:
+        """Continued (e.g. domain-adaptive) pretraining: this run's weights start at backbone package ``path``,
+        which must have this config's sizes and have been trained on the same tokenizer's codes."""
+        from pretrain.package import BackbonePackageError, load_backbone
+
+        try:
+            package = load_backbone(path)
+        except BackbonePackageError as e:
+            raise OptionError(f"--model.init_from: {e}") from e
+        theirs, ours = package.model.config.to_dict(), self.config.to_dict()
+        differ = [f"{k} {theirs.get(k)} (package) != {v} (this run)" for k, v in ours.items() if theirs.get(k) != v]
+        if differ:
+            raise OptionError(f"--model.init_from {path}: the package's backbone differs from this run's: "
+                              f"{'; '.join(differ)}. Set --model.preset / --model.overrides to the package's sizes")
+        recorded = package.tokenizer.get("weights_sha256")
+        if recorded and recorded != self.tokenizer_facts.get("weights_sha256"):
+            raise OptionError(f"--model.init_from {path}: the package was pretrained on the codes of another tokenizer "
+                              f"({package.tokenizer.get('path')}) than --model.tokenizer {self.tokenizer_facts['path']}")
+        self.model.load_state_dict(package.model.state_dict())
+        log.info("backbone weights start from package %s", path)
 
     # --- steps -------------------------------------------------------------------------------------
     def _mask(self, batch: dict, batch_idx: int, stream: int) -> Tensor:

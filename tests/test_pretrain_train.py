@@ -182,6 +182,33 @@ def test_regression_target_learns_the_masked_latents_and_survives_export(tokens,
         PretrainModule(str(pkg), preset="tiny", regression_weight=-1.0)
 
 
+def test_init_from_starts_a_run_at_an_exported_backbone_and_refuses_another_size(tokens, tmp_path):
+    """--model.init_from PKG (continued / domain-adaptive pretraining): the new run's weights are the package's,
+    fit skips the head prior, and a package of another size or tokenizer is refused naming what differs."""
+    from pretrain.package import export_run
+    from runkit.entry import OptionError
+
+    out, pkg = tokens
+    L.seed_everything(0)
+    module = PretrainModule(str(pkg), preset="tiny", lr=3e-3, warmup_steps=1, prior_init=False)
+    _, _, trainer = _score_before_and_after_training(module, out, lambda: 0.0, steps=3)
+    trainer.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    backbone = export_run(tmp_path / "run", tmp_path / "backbone")
+
+    L.seed_everything(1)  # a fresh module would start elsewhere
+    continued = PretrainModule(str(pkg), preset="tiny", init_from=str(backbone))
+    ours, theirs = continued.model.state_dict(), module.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    head_before = continued.model.head.weight.detach().clone()
+    _, _, _ = _score_before_and_after_training(continued, out, lambda: 0.0, steps=1)
+    assert not torch.equal(continued.model.head.weight, head_before)  # it trains on from there
+
+    with pytest.raises(OptionError, match=r"n_layers 2 \(package\) != 3"):
+        PretrainModule(str(pkg), preset="tiny", overrides={"n_layers": 3}, init_from=str(backbone))
+    with pytest.raises(OptionError, match="init_from"):
+        PretrainModule(str(pkg), preset="tiny", init_from=str(tmp_path / "missing"))
+
+
 def test_fit_starts_the_head_at_the_unigram_predictor_of_the_training_tokens(tokens):
     """prior_init: a fresh fit sets the head to log code frequencies (weight 0), so before learning anything
     the model predicts each level's most frequent training code everywhere and scores the unigram loss."""
