@@ -161,7 +161,7 @@ def fit_args(data: Path, arm: str, seed: int, run: Path, a: argparse.Namespace) 
                    "--trainer.max_epochs", str(a.max_epochs), "--early_stopping_patience", str(a.patience),
                    "--trainer.max_time", a.max_time, "--model.warmup_steps", str(a.warmup),
                    "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-                   "--trainer.enable_model_summary", "false"]
+                   "--trainer.enable_model_summary", "false", *shlex.split(a.fit_args or "")]
 
 
 def train_steps(metrics_csv: Path) -> int:
@@ -302,6 +302,7 @@ def report(state: dict, results: Path) -> Path:
         ["hard cap on training time per fit", a["max_time"]], ["warm-up steps", a["warmup"]],
         ["threads per fit", a["threads"]], ["fits side by side", a.get("jobs", 1)], ["foundation mode", a["mode"]],
         ["foundation extra options", f"`{a['foundation_args']}`" if a.get("foundation_args") else "-"],
+        ["every arm's extra options", f"`{a['fit_args']}`" if a.get("fit_args") else "-"],
         *[[f"variant `{v}` (arms pretrained+{v}, random+{v})", f"`{o}`"] for v, o in variants.items()],
         *[[f"arm `{n}`: another backbone package, same mode", f"`{p}`"] for n, p in (state.get("others") or {}).items()]])
         + "\n\nEverything else is `finetune/configs/full.yaml`'s: batch 32, AdamW, cosine decay after the warm-up, "
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2; --quick 0")
     p.add_argument("--mode", choices=("full", "probe", "lora"), default="full", help="fine-tuning mode of both foundation arms")
     p.add_argument("--foundation-args", default="", help="extra finetune CLI options for both foundation arms (one string)")
+    p.add_argument("--fit-args", default="", help="extra finetune CLI options for every arm, baselines too (one string), "
+                   "e.g. '--model.offset_augment 1.0'")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                    help="extra foundation arms pretrained+NAME and random+NAME with these finetune options (repeatable)")
     p.add_argument("--other-backbone", action="append", default=[], metavar="NAME=PKG",
@@ -377,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--other-backbone {name}={pkg}: no backbone package there (no config.json)")
     arms = arm_list(a.arms, a.variants, a.others)
     budget = {"max_epochs": a.max_epochs, "patience": a.patience, "max_time": a.max_time, "warmup": a.warmup,
-              "threads": a.threads, "jobs": a.jobs, "mode": a.mode, "foundation_args": a.foundation_args}
+              "threads": a.threads, "jobs": a.jobs, "mode": a.mode, "foundation_args": a.foundation_args,
+              "fit_args": a.fit_args}
     plan = [(name, arm, seed) for seed in a.seeds for name in a.sets for arm in arms]
     out.mkdir(parents=True, exist_ok=True)
     state = {"command": _common.command_line(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": q,

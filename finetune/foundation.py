@@ -37,7 +37,7 @@ def load_foundation(backbone: str, tokenizer: str | None, head: HeadConfig, inpu
 
         check_tokenizer_agrees(preprocessing, tok.config.sfreq, tok.config.hop, f"tokenizer package {tok_path}",
                                tok_package.preprocessing)
-    model = FoundationClassifier(tok.config, bb.model.config, head, input=input_kind)
+    model = FoundationClassifier(tok.config, bb.model.config, head, backbone_input=input_kind)
     model.tokenizer.load_state_dict(tok.state_dict())
     state = bb.model.state_dict()
     if backbone_init == "random":

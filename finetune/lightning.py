@@ -203,6 +203,12 @@ class FinetuneDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
+def offset_augmented(signal: Tensor, channel_mask: Tensor, scale: float) -> Tensor:
+    """signal [B, C, T] + one offset per item, N(0, scale^2), on its real channels (``channel_mask`` [B, C]) only."""
+    offset = torch.randn(signal.shape[0], 1, 1, device=signal.device, dtype=signal.dtype) * scale
+    return signal + offset * channel_mask[..., None].to(signal.dtype)
+
+
 class FinetuneModule(L.LightningModule):
     """A classifier on a labelled task.
 
@@ -210,7 +216,7 @@ class FinetuneModule(L.LightningModule):
         backbone: backbone package directory (``python -m pretrain export``); its config names the tokenizer package.
         tokenizer: tokenizer package directory, overriding the one the backbone package records.
         mode: ``probe`` (tokenizer + backbone frozen), ``full`` (layer-wise lr decay) or ``lora`` (peft adapters).
-        input: ``latents`` (continuous pre-quantization latents, codebook space) or ``tokens`` (quantized indices).
+        backbone_input: ``latents`` (continuous pre-quantization latents, codebook space) or ``tokens`` (quantized indices).
         pooling: ``attention`` or ``mean`` over latents x frames; head_hidden / head_dropout / n_queries: the head.
         lr: peak AdamW learning rate of the head; in ``full`` mode layer i below the head gets lr * layer_decay**i.
         weight_decay: on weight matrices only.
@@ -219,6 +225,9 @@ class FinetuneModule(L.LightningModule):
         train_tokenizer: ``full`` + ``latents``: also fine-tune the tokenizer encoder (lowest lr).
         class_weighting: weight the cross-entropy by n / (K * count) of the training split (imbalanced labels).
         label_smoothing: cross-entropy label smoothing.
+        offset_augment: training only: add to each item a constant offset, the same on all its channels, drawn from
+            N(0, offset_augment^2) in scaled units (the per-type robust scale): robustness to DC shifts between
+            sessions (SCP1's training and test trials differ by ~1.4 scaled units). 0 = off. Every arm, baselines too.
         backbone_init: ``pretrained`` (the package's weights) or ``random``: the same architecture with freshly
             initialised backbone weights (seeded by ``seed_everything``); the tokenizer and its frozen codebooks stay
             the package's. The ablation's "random init" arm (bench/finetune_ablation.py).
@@ -237,7 +246,7 @@ class FinetuneModule(L.LightningModule):
         backbone: str | None = None,
         tokenizer: str | None = None,
         mode: str = "probe",
-        input: str = "latents",
+        backbone_input: str = "latents",
         pooling: str = "attention",
         head_hidden: int = 128,
         head_dropout: float = 0.1,
@@ -254,6 +263,7 @@ class FinetuneModule(L.LightningModule):
         backbone_init: str = "pretrained",
         class_weighting: bool = True,
         label_smoothing: float = 0.0,
+        offset_augment: float = 0.0,
         baseline: str | None = None,
         baseline_lr: float = 1e-3,
         baseline_kwargs: dict[str, Any] | None = None,
@@ -289,7 +299,7 @@ class FinetuneModule(L.LightningModule):
         self.build(dm.classes, dm.train_class_counts(), dm.task.preprocessing, dm.channels(), dm.channel_counts(), dm.facts())
         self.facts["seen_channels"] = dm.seen_channels()
         hp = self.hparams
-        if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels:
+        if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels and not hp.offset_augment:
             self._cache = {}
 
     def build(self, classes: list[str], train_counts: np.ndarray, preprocessing, channels: list[str] | None,
@@ -307,7 +317,7 @@ class FinetuneModule(L.LightningModule):
         else:
             self.model, source = load_foundation(hp.backbone, hp.tokenizer, HeadConfig(
                 n_classes=k, pooling=hp.pooling, n_queries=hp.n_queries, hidden=hp.head_hidden, dropout=hp.head_dropout),
-                hp.input, backbone_init=hp.backbone_init, preprocessing=preprocessing)
+                hp.backbone_input, backbone_init=hp.backbone_init, preprocessing=preprocessing)
         self.model.set_mode(hp.mode, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                             train_tokenizer=hp.train_tokenizer)
         counts = np.asarray(train_counts, dtype=np.float64)
@@ -326,7 +336,7 @@ class FinetuneModule(L.LightningModule):
             self.facts["model"]["arch"] = hp.baseline
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in self.model.parameters())
-        log.info("%s: %d of %d parameters train", hp.baseline or f"{hp.mode} ({hp.input})", n_train, n_all)
+        log.info("%s: %d of %d parameters train", hp.baseline or f"{hp.mode} ({hp.backbone_input})", n_train, n_all)
 
     # --- steps ----------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> Tensor:
@@ -364,6 +374,8 @@ class FinetuneModule(L.LightningModule):
         return torch.as_tensor(batch["label"], dtype=torch.long, device=device)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if self.hparams.offset_augment > 0:
+            batch = {**batch, "signal": offset_augmented(batch["signal"], batch["channel_mask"], self.hparams.offset_augment)}
         logits = self(batch)
         target = self._target(batch, logits.device)
         loss = self._loss(logits, target)

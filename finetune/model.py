@@ -8,8 +8,8 @@ Both take the same inputs, so training, export and prediction do not care which 
 * ``types`` [B, C] int (SensorType), ``positions`` [B, C, 3] metres (NaN = unknown), ``orientations`` [B, C, 3];
 * ``channel_mask`` [B, C] bool (True = real channel; padded rows are ignored). None = all real.
 
-`FoundationClassifier`: the tokenizer's encoder gives latents [B, N, F, d_tok]. With ``input="tokens"`` they are
-quantized (frozen RVQ, eval mode) and the indices go through ``backbone.embed``; with ``input="latents"`` the
+`FoundationClassifier`: the tokenizer's encoder gives latents [B, N, F, d_tok]. With ``backbone_input="tokens"`` they are
+quantized (frozen RVQ, eval mode) and the indices go through ``backbone.embed``; with ``backbone_input="latents"`` the
 continuous pre-quantization vector z = normalize(project_in(latents)), which lives in the codebook space whose
 level-sum the backbone embeds, goes through ``backbone.code_proj``. The backbone gives hidden states [B, N, F, D];
 the head pools them over latents x frames (attention pooling with learned queries, or the mean) and an MLP
@@ -127,19 +127,19 @@ class FoundationClassifier(TrainingModes, nn.Module):
         tokenizer_config: TokenizerConfig,
         backbone_config: BackboneConfig,
         head_config: HeadConfig,
-        input: str = "latents",
+        backbone_input: str = "latents",
     ) -> None:
         super().__init__()
-        if input not in INPUTS:
-            raise ValueError(f"input {input!r} must be one of {INPUTS}")
-        if input == "latents" and backbone_config.embedding != "codebook":
-            raise ValueError("input='latents' needs a backbone with codebook embeddings (embedding='codebook'); "
-                             "this backbone learned its own per-level embeddings: use input='tokens'")
+        if backbone_input not in INPUTS:
+            raise ValueError(f"backbone_input {backbone_input!r} must be one of {INPUTS}")
+        if backbone_input == "latents" and backbone_config.embedding != "codebook":
+            raise ValueError("backbone_input='latents' needs a backbone with codebook embeddings (embedding='codebook'); "
+                             "this backbone learned its own per-level embeddings: use backbone_input='tokens'")
         for name in ("n_latent", "rvq_levels", "codebook_size", "codebook_dim"):
             if getattr(tokenizer_config, name) != getattr(backbone_config, name):
                 raise ValueError(f"tokenizer {name}={getattr(tokenizer_config, name)} != backbone "
                                  f"{name}={getattr(backbone_config, name)}: the backbone was trained on another tokenizer")
-        self.input = input
+        self.backbone_input = backbone_input
         self.mode = "full"
         self.tokenizer = BrainTokenizer(tokenizer_config)
         self.backbone = MaskedTokenModel(backbone_config)
@@ -148,7 +148,7 @@ class FoundationClassifier(TrainingModes, nn.Module):
         self.tokenizer.eval()
 
     def config_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "input": self.input, "tokenizer": self.tokenizer.config.to_dict(),
+        return {"kind": self.kind, "input": self.backbone_input, "tokenizer": self.tokenizer.config.to_dict(),
                 "backbone": self.backbone.config.to_dict(), "head": self.head.cfg.to_dict()}
 
     def train(self, mode: bool = True) -> FoundationClassifier:
@@ -170,7 +170,7 @@ class FoundationClassifier(TrainingModes, nn.Module):
         mask = tok._checked_mask(signal, channel_mask)
         sensor = tok.sensor_encoder(types, positions, orientations, channel_ids)
         latents = tok.encoder(signal.float(), sensor, mask)  # [B, N, F, d_tok]
-        if self.input == "tokens":
+        if self.backbone_input == "tokens":
             _, indices, _ = tok.quantizer(latents)
             return self.backbone.embed(indices.long())
         with torch.autocast(device_type=latents.device.type, enabled=False):
@@ -188,10 +188,10 @@ class FoundationClassifier(TrainingModes, nn.Module):
 
     # --- training modes (`TrainingModes.set_mode`) ---------------------------------------------------
     def _full_mode_extras(self, train_tokenizer: bool) -> None:
-        """Codebooks and prediction heads stay frozen; with ``train_tokenizer`` and ``input='latents'`` the
+        """Codebooks and prediction heads stay frozen; with ``train_tokenizer`` and ``backbone_input='latents'`` the
         tokenizer encoder trains too."""
         self.backbone.freeze_pretraining_parts()
-        if train_tokenizer and self.input == "latents":
+        if train_tokenizer and self.backbone_input == "latents":
             self.tokenizer.sensor_encoder.requires_grad_(True)
             self.tokenizer.encoder.requires_grad_(True)
             self.tokenizer.quantizer.project_in.requires_grad_(True)
@@ -252,7 +252,7 @@ def build_classifier(config: dict[str, Any]) -> Classifier:
     if kind == "foundation":
         return FoundationClassifier(
             TokenizerConfig.from_dict(config["tokenizer"]), BackboneConfig.from_dict(config["backbone"]),
-            HeadConfig.from_dict(config["head"]), input=config.get("input", "latents"),
+            HeadConfig.from_dict(config["head"]), backbone_input=config.get("input", "latents"),
         )
     if kind == "brainomni":  # an imported BrainOmni package (finetune.brainomni)
         from finetune.brainomni import BrainOmniClassifier

@@ -65,7 +65,7 @@ def test_modes_shapes_and_what_trains(input_kind):
     trainable = {}
     for mode in ("probe", "full", "lora"):
         torch.manual_seed(0)
-        m = FoundationClassifier(tc, bc, HeadConfig(n_classes=3), input=input_kind)
+        m = FoundationClassifier(tc, bc, HeadConfig(n_classes=3), backbone_input=input_kind)
         m.set_mode(mode)
         codebooks = m.tokenizer.quantizer.rvq.codebooks.clone()
         m.train()
@@ -95,7 +95,7 @@ def test_padding_and_channel_order_do_not_change_predictions():
     bc = build_config("tiny", n_latent=tc.n_latent, rvq_levels=tc.rvq_levels, codebook_size=tc.codebook_size,
                       codebook_dim=tc.codebook_dim)  # fmt: skip
     torch.manual_seed(0)
-    m = FoundationClassifier(tc, bc, HeadConfig(n_classes=2), input="latents").eval()
+    m = FoundationClassifier(tc, bc, HeadConfig(n_classes=2), backbone_input="latents").eval()
     sig, types, pos, ori = _batch(1, 4)
     with torch.no_grad():
         alone = m(sig, types, pos, ori)
@@ -353,3 +353,19 @@ def test_lora_adapters_are_merged_on_export(model_registry, tmp_path):
         plain = model.backbone.blocks[0].spatial.qkv.base_layer.weight
     np.testing.assert_allclose(predictor.predict_items(items), ref.numpy(), atol=1e-5)
     assert not torch.allclose(package.model.backbone.blocks[0].spatial.qkv.weight, plain)  # the adapter was merged in
+
+
+def test_offset_augment_shifts_each_item_by_one_offset_on_its_real_channels_only():
+    from finetune.lightning import offset_augmented
+
+    torch.manual_seed(0)
+    signal = torch.randn(400, 3, 64)
+    mask = torch.ones(400, 3, dtype=torch.bool)
+    mask[:, 2] = False  # padding rows
+    out = offset_augmented(signal, mask, 1.5)
+    shift = out - signal
+    assert torch.equal(shift[:, 2], torch.zeros_like(shift[:, 2]))  # padding untouched
+    assert torch.allclose(shift[:, 0], shift[:, 1], atol=1e-5)
+    assert torch.allclose(shift[:, 0], shift[:, 0, :1].expand(-1, 64), atol=1e-5)
+    assert 1.3 < float(shift[:, 0, 0].std()) < 1.7  # N(0, 1.5^2) over 400 items
+    assert torch.equal(offset_augmented(signal, mask, 0.0), signal)
