@@ -1,6 +1,6 @@
 """The pipeline's filters: the band-pass + notch FIR (designed once per rate and band), the resampler's anti-alias
-FIR, and their FFT application to whole channels (`filter_valid`, `filter_reflected`); `row_medians` for the
-calibration statistics.
+FIR and the polyphase resampler that applies it (`resample_reflected`), and the band filter's FFT application to whole
+channels (`filter_valid`, `filter_reflected`); `row_medians` for the calibration statistics.
 
 A request to the server is one short recording in one chunk: its 10 s are shorter than the 0.1 Hz high-pass (a
 ~40 s FIR), so the odd reflections at both edges are longer than the signal itself. `filter_reflected` gives the
@@ -15,7 +15,7 @@ from functools import lru_cache
 import mne
 import numpy as np
 import scipy.fft
-from scipy.signal import firwin
+from scipy.signal import firwin, resample_poly
 
 
 def _design_band_filter(sf: float, l_freq: float | None, h_freq: float, notch_freqs: tuple[float, ...]) -> np.ndarray:
@@ -51,6 +51,72 @@ def resample_filter(rate: int) -> np.ndarray | None:
     h = firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(np.float32)
     h.flags.writeable = False
     return h
+
+
+@lru_cache(maxsize=32)
+def _resample_plan(up: int, down: int) -> tuple[np.ndarray, int, int, int, int, int]:
+    """`resample_reflected`'s block matrix for ``up/down`` (reduced): ``b = k*down`` input samples map to ``o = k*up``
+    output samples, ``k`` the fewest periods with ``b >= RESAMPLE_MIN_BLOCK``. Output ``y[o*m + r]`` is the sum over
+    ``nb`` consecutive input blocks ``d`` of ``xpad[b*(m + d) + q] * mat[q, d*o + r]`` (``xpad``: the input with
+    ``p_l`` samples before it), ``mat[q, d*o + r] = up * h[r*down - (d*b + q - p_l)*up + half]`` (zero off the FIR).
+
+    Returns (mat [b, nb*o] float32 read-only, b, o, nb, p_l, samples of reflection needed after the input).
+    """
+    h = resample_filter(max(up, down)) * np.float32(up)  # float32, as resample_poly scales it
+    half = (len(h) - 1) // 2
+    k = max(1, -(-RESAMPLE_MIN_BLOCK // down))
+    b, o = k * down, k * up
+    p_l = half // up  # input samples before the first needed by output 0
+    nb = -(-(((o - 1) * down + half) // up + p_l + 1) // b)
+    d, q, r = np.ix_(np.arange(nb), np.arange(b), np.arange(o))
+    idx = r * down - (d * b + q - p_l) * up + half
+    mat = np.where((idx >= 0) & (idx <= 2 * half), h[np.clip(idx, 0, 2 * half)], np.float32(0))
+    mat = np.ascontiguousarray(mat.astype(np.float32).transpose(1, 0, 2).reshape(b, nb * o))
+    mat.flags.writeable = False
+    return mat, b, o, nb, p_l, half // up + 2
+
+
+def resample_reflected(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``resample_poly(x, up, down, axis=1, window=resample_filter(max(up, down)), padtype="reflect")`` of ``x``
+    [C, n] float32 -> [C, ceil(n*up/down)] float32: the same FIR, the same edges, equal up to float32 round-off.
+
+    scipy's `upfirdn` costs ~1 ns per tap and output sample (0.05 s for a 366-channel MEG minute at 600 Hz); here
+    the input, even-reflected at both ends, is cut into blocks of ``b`` samples and each block's outputs are one
+    matrix product with the filter's polyphase block matrix (`_resample_plan`), which BLAS does ~4x faster despite
+    the zeros in it. Channels go through in blocks of `RESAMPLE_BLOCK_BYTES` of products.
+    """
+    g = np.gcd(up, down)
+    up, down = up // g, down // g
+    c, n = x.shape
+    mat, b, o, nb, p_l, right = _resample_plan(up, down)
+    if max(p_l, right) > n - 1:  # reflections longer than the signal: leave them to scipy
+        return resample_poly(x, up, down, axis=1, window=resample_filter(max(up, down)), padtype="reflect")
+    n_out = -(-n * up // down)
+    mo = -(-n_out // o)  # output blocks
+    rows_in = mo + nb - 1  # input blocks
+    xp = np.empty((c, rows_in * b), np.float32)
+    rr = min(right, xp.shape[1] - p_l - n)
+    xp[:, p_l : p_l + n] = x
+    xp[:, :p_l] = x[:, p_l:0:-1]
+    xp[:, p_l + n : p_l + n + rr] = x[:, n - 1 - rr : n - 1][:, ::-1]
+    xp[:, p_l + n + rr :] = 0.0  # feeds only outputs past n_out
+    xb = xp.reshape(c, rows_in, b)
+    out = np.empty((c, mo, o), np.float32)
+    rows = max(1, RESAMPLE_BLOCK_BYTES // (4 * rows_in * nb * o))
+    for a in range(0, c, rows):
+        e = min(a + rows, c)
+        z = (xb[a:e].reshape(-1, b) @ mat).reshape(e - a, rows_in, nb, o)
+        dst = out[a:e]
+        np.copyto(dst, z[:, :mo, 0])
+        for d in range(1, nb):
+            dst += z[:, d : d + mo, d]
+    return out.reshape(c, mo * o)[:, :n_out]
+
+
+#: `resample_reflected`: fewest input samples per block (a few taps' worth: BLAS needs some width)
+RESAMPLE_MIN_BLOCK = 32
+#: `resample_reflected`: bytes of block products per group of channels
+RESAMPLE_BLOCK_BYTES = 1 << 22
 
 
 @lru_cache(maxsize=32)
