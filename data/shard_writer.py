@@ -183,11 +183,14 @@ _BATCH_ITEMS = 32
 _RESULT_QUEUE = 16  # batches in flight: bounds the parent's memory whatever the recording length
 
 
-def _worker_main(wid: int, tasks, results, started: float) -> None:
+def _worker_main(wid: int, tasks, results, started: float, blas_threads: int) -> None:
     import multiprocessing as mp
     import queue
     import sys
 
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(blas_threads)  # the resampler's matrix products: N workers x all cores would oversubscribe
     results.put(("ready", wid, (time.time() - started, "torch" in sys.modules)))
     parent = mp.parent_process()
     while True:
@@ -232,8 +235,9 @@ def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) 
     ctx = _context()
     tasks, results = ctx.Queue(), ctx.Queue(maxsize=_RESULT_QUEUE)
     t0 = time.time()
-    procs = [ctx.Process(target=_worker_main, args=(w, tasks, results, t0), daemon=True, name=f"prepare-{w}")
-             for w in range(n)]
+    blas_threads = max(1, (os.cpu_count() or 1) // n)
+    procs = [ctx.Process(target=_worker_main, args=(w, tasks, results, t0, blas_threads), daemon=True,
+                         name=f"prepare-{w}") for w in range(n)]
     for p in procs:
         p.start()
     # biggest inputs first: with a shared queue this keeps the workers busy until the end
