@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("full", "probe", "lora"), default="full", help="fine-tuning mode of both foundation arms")
     p.add_argument("--foundation-args", default="", help="extra finetune CLI options for both foundation arms (one string)")
     p.add_argument("--fit-args", default="", help="extra finetune CLI options for every arm, baselines too (one string), "
-                   "e.g. '--model.offset_augment 1.0'")
+                   "e.g. '--data.offset_augment 1.0'")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                    help="extra foundation arms pretrained+NAME and random+NAME with these finetune options (repeatable)")
     p.add_argument("--other-backbone", action="append", default=[], metavar="NAME=PKG",

@@ -74,6 +74,10 @@ class FinetuneDataModule(L.LightningDataModule):
         batch_size, num_workers: loaders.
         max_channels: training only: a random subset of at most this many channels per item each time it is
             drawn (None keeps all; the baselines always keep all).
+        offset_augment: training only: one constant offset per item, the same on all its channels, drawn from
+            N(0, offset_augment^2) in scaled units (the per-type robust scale), for robustness to DC shifts between
+            sessions; 0 = off. Every arm gets it (baselines too). On SCP1 it helps EEGNet and costs the foundation
+            arms: bench/results/finetune_ablation_offset.md.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class FinetuneDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         max_channels: int | None = None,
+        offset_augment: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -180,6 +185,8 @@ class FinetuneDataModule(L.LightningDataModule):
         g = torch.Generator().manual_seed(int(hp.seed))
         ds = ItemDataset(self.subsets[split])
         collate = WindowCollator(max_channels if train else None, seed=hp.seed)
+        if train and hp.offset_augment > 0:
+            collate = OffsetAugmented(collate, hp.offset_augment, seed=hp.seed)
         trainer = getattr(self, "trainer", None)
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
         if not train and world > 1:
@@ -203,10 +210,25 @@ class FinetuneDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
-def offset_augmented(signal: Tensor, channel_mask: Tensor, scale: float) -> Tensor:
+def offset_augmented(signal: Tensor, channel_mask: Tensor, scale: float,
+                     generator: torch.Generator | None = None) -> Tensor:
     """signal [B, C, T] + one offset per item, N(0, scale^2), on its real channels (``channel_mask`` [B, C]) only."""
-    offset = torch.randn(signal.shape[0], 1, 1, device=signal.device, dtype=signal.dtype) * scale
+    offset = torch.randn(signal.shape[0], 1, 1, generator=generator, dtype=signal.dtype) * scale
     return signal + offset * channel_mask[..., None].to(signal.dtype)
+
+
+class OffsetAugmented:
+    """A collate function whose batches get `offset_augmented` (the training loader's, with its own seeded
+    generator)."""
+
+    def __init__(self, collate, scale: float, seed: int = 0) -> None:
+        self.collate, self.scale = collate, scale
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.collate(items)
+        batch["signal"] = offset_augmented(batch["signal"], batch["channel_mask"], self.scale, self.generator)
+        return batch
 
 
 class FinetuneModule(L.LightningModule):
@@ -225,9 +247,6 @@ class FinetuneModule(L.LightningModule):
         train_tokenizer: ``full`` + ``latents``: also fine-tune the tokenizer encoder (lowest lr).
         class_weighting: weight the cross-entropy by n / (K * count) of the training split (imbalanced labels).
         label_smoothing: cross-entropy label smoothing.
-        offset_augment: training only: add to each item a constant offset, the same on all its channels, drawn from
-            N(0, offset_augment^2) in scaled units (the per-type robust scale): robustness to DC shifts between
-            sessions (SCP1's training and test trials differ by ~1.4 scaled units). 0 = off. Every arm, baselines too.
         backbone_init: ``pretrained`` (the package's weights) or ``random``: the same architecture with freshly
             initialised backbone weights (seeded by ``seed_everything``); the tokenizer and its frozen codebooks stay
             the package's. The ablation's "random init" arm (bench/finetune_ablation.py).
@@ -263,7 +282,6 @@ class FinetuneModule(L.LightningModule):
         backbone_init: str = "pretrained",
         class_weighting: bool = True,
         label_smoothing: float = 0.0,
-        offset_augment: float = 0.0,
         baseline: str | None = None,
         baseline_lr: float = 1e-3,
         baseline_kwargs: dict[str, Any] | None = None,
@@ -299,7 +317,8 @@ class FinetuneModule(L.LightningModule):
         self.build(dm.classes, dm.train_class_counts(), dm.task.preprocessing, dm.channels(), dm.channel_counts(), dm.facts())
         self.facts["seen_channels"] = dm.seen_channels()
         hp = self.hparams
-        if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels and not hp.offset_augment:
+        if hp.cache_features and hp.mode == "probe" and not hp.baseline and not dm.hparams.max_channels \
+                and not dm.hparams.offset_augment:
             self._cache = {}
 
     def build(self, classes: list[str], train_counts: np.ndarray, preprocessing, channels: list[str] | None,
@@ -374,8 +393,6 @@ class FinetuneModule(L.LightningModule):
         return torch.as_tensor(batch["label"], dtype=torch.long, device=device)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        if self.hparams.offset_augment > 0:
-            batch = {**batch, "signal": offset_augmented(batch["signal"], batch["channel_mask"], self.hparams.offset_augment)}
         logits = self(batch)
         target = self._target(batch, logits.device)
         loss = self._loss(logits, target)

@@ -27,8 +27,6 @@ from torch import Tensor
 
 from pretrain.model import (
     MASK_MODES,
-    PRESETS,
-    RENAMED_PRESETS,
     MaskedTokenModel,
     build_config,
     copy_baselines,
@@ -286,6 +284,5 @@ def checkpoint_preset(saved: dict[str, Any], hparams: dict[str, Any]) -> dict[st
     name = preset_of(saved)
     if name is not None:
         return {"preset": name}
-    old = hparams.get("preset")
-    name = RENAMED_PRESETS.get(old, old) if RENAMED_PRESETS.get(old, old) in PRESETS else "small"
-    return {"preset": name, "overrides": {**(hparams.get("overrides") or {}), **{k: saved[k] for k in SIZE_FIELDS}}}
+    # a size no preset has: any preset, with its only fields (SIZE_FIELDS) overridden by the checkpoint's
+    return {"preset": "small", "overrides": {**(hparams.get("overrides") or {}), **{k: saved[k] for k in SIZE_FIELDS}}}

@@ -122,18 +122,18 @@ def test_ablation_arms_share_data_seed_and_budget(tmp_path):
     assert arms == ["pretrained", "random", "eegnet", "shallow", "pretrained+tok", "random+tok", "brainomni"]
     a = argparse.Namespace(backbone=tmp_path / "bb", tokenizer=None, mode="full", foundation_args="", variants=variants,
                            others=others, max_epochs=30, patience=10, max_time="00:00:15:00", warmup=10,
-                           fit_args="--model.offset_augment 1.5")
+                           fit_args="--data.offset_augment 1.5")
 
     def opts(arm: str) -> dict[str, str]:
         args = fa.fit_args(tmp_path / "task.fif", arm, 1, tmp_path / "run", a)
         return {k: v for k, v in zip(args, args[1:], strict=False) if k.startswith("--")}
 
     budget_keys = ("--data.path", "--seed_everything", "--data.seed", "--trainer.max_epochs", "--early_stopping_patience",
-                   "--trainer.max_time", "--model.warmup_steps", "-c", "--model.offset_augment")
+                   "--trainer.max_time", "--model.warmup_steps", "-c", "--data.offset_augment")
     all_opts = {arm: opts(arm) for arm in arms}
     for key in budget_keys:
         assert len({o.get(key) for o in all_opts.values()}) == 1, key
-    assert all_opts["eegnet"]["--model.offset_augment"] == "1.5"  # --fit-args reach every arm, baselines too
+    assert all_opts["eegnet"]["--data.offset_augment"] == "1.5"  # --fit-args reach every arm, baselines too
     assert set(all_opts["random"].items()) - set(all_opts["pretrained"].items()) == {("--model.backbone_init", "random")}
     assert all_opts["random+tok"]["--model.train_tokenizer"] == "true" and "--model.backbone" not in all_opts["eegnet"]
     assert all_opts["shallow"]["--model.baseline"] == "shallow"
