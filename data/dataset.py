@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
+from torch import Tensor
 
 from runkit.entry import OptionError
 
@@ -66,6 +67,27 @@ class WindowCollator:
                  "channel_mask": mask}
         for k in META_KEYS:
             batch[k] = [it.get(k) for it in items]
+        return batch
+
+
+def offset_augmented(signal: Tensor, channel_mask: Tensor, scale: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """signal [B, C, T] + one offset per item, N(0, scale^2), on its real channels (``channel_mask`` [B, C]) only."""
+    offset = torch.randn(signal.shape[0], 1, 1, generator=generator, dtype=signal.dtype) * scale
+    return signal + offset * channel_mask[..., None].to(signal.dtype)
+
+
+class OffsetAugmented:
+    """A collate function (e.g. a `WindowCollator`) whose batches get `offset_augmented`, drawn from its own seeded
+    generator: the fine-tuning training loader's ``--data.offset_augment``."""
+
+    def __init__(self, collate, scale: float, seed: int = 0) -> None:
+        self.collate, self.scale = collate, scale
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.collate(items)
+        batch["signal"] = offset_augmented(batch["signal"], batch["channel_mask"], self.scale, self.generator)
         return batch
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from data.dataset import WindowCollator
+from data.dataset import OffsetAugmented, WindowCollator
 from finetune.baselines import BASELINES, BaselineClassifier, is_baseline
 from finetune.errors import LabelError
 from finetune.foundation import load_foundation
@@ -208,27 +208,6 @@ class FinetuneDataModule(L.LightningDataModule):
         if not self.subsets.get("test"):
             raise LabelError(f"{self.hparams.path}: the test split is empty; nothing to evaluate")
         return self._loader("test", False)
-
-
-def offset_augmented(signal: Tensor, channel_mask: Tensor, scale: float,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """signal [B, C, T] + one offset per item, N(0, scale^2), on its real channels (``channel_mask`` [B, C]) only."""
-    offset = torch.randn(signal.shape[0], 1, 1, generator=generator, dtype=signal.dtype) * scale
-    return signal + offset * channel_mask[..., None].to(signal.dtype)
-
-
-class OffsetAugmented:
-    """A collate function whose batches get `offset_augmented` (the training loader's, with its own seeded
-    generator)."""
-
-    def __init__(self, collate, scale: float, seed: int = 0) -> None:
-        self.collate, self.scale = collate, scale
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def __call__(self, items: list[dict]) -> dict:
-        batch = self.collate(items)
-        batch["signal"] = offset_augmented(batch["signal"], batch["channel_mask"], self.scale, self.generator)
-        return batch
 
 
 class FinetuneModule(L.LightningModule):

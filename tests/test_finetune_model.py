@@ -356,7 +356,7 @@ def test_lora_adapters_are_merged_on_export(model_registry, tmp_path):
 
 
 def test_offset_augment_shifts_each_item_by_one_offset_on_its_real_channels_only():
-    from finetune.lightning import offset_augmented
+    from data.dataset import offset_augmented
 
     torch.manual_seed(0)
     signal = torch.randn(400, 3, 64)
