@@ -29,7 +29,8 @@ class WindowCollator:
 
     signal [B, C, T] float32, types [B, C] int64, positions / orientations [B, C, 3] float32
     (padding rows zero, unknown positions NaN), channel_ids [B, C] int64 (from the item's ``channel_ids``,
-    else from its ``channels`` names, else 0 = no identity), channel_mask [B, C] bool, and lists for the
+    else from its ``channels`` names, else 0 = no identity), channel_mask [B, C] bool, position_inferred [B, C]
+    bool (position placed from the signal; False in shards written before the field), and lists for the
     metadata keys (recording, subject, t0_s, label).
     """
 
@@ -43,7 +44,7 @@ class WindowCollator:
             return item
         keep = np.sort(self.rng.choice(c, self.max_channels, replace=False))
         item = {**item, "channel_ids": _item_channel_ids(item)}
-        per_channel = ("signal", "types", "positions", "orientations", "channel_ids")
+        per_channel = ("signal", "types", "positions", "orientations", "channel_ids", "position_inferred")
         return {k: (v[keep] if k in per_channel else v) for k, v in item.items()}
 
     def __call__(self, items: list[dict]) -> dict:
@@ -55,6 +56,7 @@ class WindowCollator:
         ori = torch.zeros(b, c, 3)
         ids = torch.zeros(b, c, dtype=torch.long)
         mask = torch.zeros(b, c, dtype=torch.bool)
+        inferred = torch.zeros(b, c, dtype=torch.bool)
         for i, it in enumerate(items):
             n = it["signal"].shape[0]
             signal[i, :n] = torch.as_tensor(np.asarray(it["signal"], dtype=np.float32))
@@ -63,8 +65,10 @@ class WindowCollator:
             ori[i, :n] = torch.as_tensor(np.asarray(it["orientations"], dtype=np.float32))
             ids[i, :n] = torch.as_tensor(_item_channel_ids(it))
             mask[i, :n] = True
+            if "position_inferred" in it:
+                inferred[i, :n] = torch.as_tensor(np.asarray(it["position_inferred"]).astype(bool))
         batch = {"signal": signal, "types": types, "positions": pos, "orientations": ori, "channel_ids": ids,
-                 "channel_mask": mask}
+                 "channel_mask": mask, "position_inferred": inferred}
         for k in META_KEYS:
             batch[k] = [it.get(k) for it in items]
         return batch

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from .preprocess import PreprocessingSpec, RecordingPipeline
 from .readers import integrity_notes, open_raw
-from .sensors import SensorLayout, channel_type_counts, layout_from_info
+from .sensors import SensorLayout, SensorType, channel_type_counts, layout_from_info
 from .shards import MANIFEST, read_manifest
 
 _MAX_UNKNOWN_LISTED = 64  # unknown-position channel names listed by inspect
@@ -23,6 +27,7 @@ def describe(path: str | Path) -> dict:
 def _describe_recording(path: Path) -> dict:
     raw = open_raw(path, preload=False, allow_truncated=True)  # describe it, and say that it is truncated
     layout, _ = layout_from_info(raw.info, name=str(path))
+    layout = _with_placed_from_signal(raw, layout, str(path))
     known = layout.position_known
     ann = Counter(raw.annotations.description)
     info = {
@@ -53,6 +58,22 @@ def _describe_recording(path: Path) -> dict:
     return info
 
 
+def _with_placed_from_signal(raw, layout: SensorLayout, name: str) -> SensorLayout:
+    """``layout`` with the positions `data prepare` would infer from the signal for EEG channels no label rule
+    places (`data.signal_positions`, on the same calibration chunk); unchanged when there are none or the
+    recording cannot be preprocessed (its other problems are reported by ``prepare``)."""
+    if layout.position_sources is None or all(layout.position_known | (layout.types != SensorType.EEG)):
+        return layout
+    try:
+        placed = RecordingPipeline(raw, PreprocessingSpec(), name=name).layout
+    except Exception:  # noqa: BLE001 - inspect describes what it can
+        return layout
+    found = dict(zip(placed.names, zip(placed.positions, placed.position_sources or (), strict=False), strict=True))
+    rows = [found.get(n, (p, s)) for n, p, s in zip(layout.names, layout.positions, layout.position_sources, strict=True)]
+    return dataclasses.replace(layout, positions=np.array([r[0] for r in rows], dtype=np.float32),
+                               position_sources=tuple(r[1] for r in rows))
+
+
 def position_lines(layout: SensorLayout, indent: str = "  ") -> list[str]:
     """Which rule gave each position: a count per rule, then the channels of the derived rules.
 
@@ -73,6 +94,10 @@ def position_lines(layout: SensorLayout, indent: str = "  ") -> list[str]:
     for rule in ("alias", "offset", "bipolar"):
         if rule in groups:
             lines.append(f"{indent}  {rule}: " + ", ".join(f"{n} ({_rule_detail(rule, d)})" for n, d in groups[rule]))
+    if "signal" in groups:
+        how = sorted({d for _, d in groups["signal"]})
+        lines.append(f"{indent}  signal (placed from the signal's correlations: {', '.join(how)}): "
+                     + _listed([n for n, _ in groups["signal"]]))
     if "unknown" in groups:
         lines.append(f"{indent}  unknown (identified by name only): " + _listed([n for n, _ in groups["unknown"]]))
     return lines

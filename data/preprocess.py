@@ -39,6 +39,7 @@ from .filters import (  # noqa: F401  (band_filter, resample_filter, filter_vali
     row_medians,
 )
 from .sensors import SensorLayout, SensorType, layout_from_info
+from .signal_positions import with_signal_positions
 
 log = logging.getLogger("brainforge.data")
 
@@ -69,6 +70,9 @@ class PreprocessingSpec(DictConfig):
     bad_z_threshold: float = 5.0
     flat_window_fraction: float = 0.5  # drop a window when more of its channels than this are flat
     clip: float = 60000.0  # scaled units; float16 tops out at 65504
+    # place EEG channels that no label rule places from their signal's correlations (`data.signal_positions`);
+    # specs recorded before this field existed read as False, so their models keep the inputs they were trained on
+    signal_positions: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,10 @@ class PreprocessingSpec(DictConfig):
             raise ValueError(f"PreprocessingSpec version {self.version} is newer than this brainforge ({SPEC_VERSION})")
         if self.window_s <= 0 or self.stride_s <= 0:
             raise ValueError(f"window_s and stride_s must be > 0, got {self.window_s}, {self.stride_s}")
+
+    @classmethod
+    def _from_json(cls, d: dict) -> dict:
+        return {"signal_positions": False, **d}
 
     @property
     def window_samples(self) -> int:
@@ -236,7 +244,7 @@ class RecordingPipeline:
     def calibration(self) -> dict:
         """Bad channels and per-type scales, judged on the first chunk (which windows() then reuses).
 
-        Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}}.
+        Returns {"good": bool[C], "bad_reasons": {name: reason}, "scales": {type: float}, "layout": SensorLayout}.
         """
         self._first_chunk = self.process_chunk(*self._chunk_bounds()[0])
         finite = np.flatnonzero(~self._first_chunk[1])
@@ -244,6 +252,9 @@ class RecordingPipeline:
         y = np.take(self._first_chunk[0], finite[:: max(1, finite.size // MAD_SAMPLES)], axis=1)
         if y.shape[1] == 0:
             raise NoUsableWindowsError(f"{self.name}: every sample is NaN or Inf")
+        unplaced = (self.full_layout.types == SensorType.EEG) & ~self.full_layout.position_known
+        placing = self.spec.signal_positions and bool(unplaced.any())
+        y_placing = y.copy() if placing else None  # row_medians below reorders the rows of y
         # np.median(|y - np.median(y)|) per channel; row_medians reorders each row of y in place, which changes
         # neither median (issue 14: 3.5 ms -> 0.5 ms on a 64-channel 10 s request)
         centre = row_medians(y)
@@ -277,12 +288,16 @@ class RecordingPipeline:
                 scales[t.name.lower()] = float(np.median(mad[idx]))
         if reasons:
             log.info("%s: excluding %d bad channel(s): %s", self.name, len(reasons), ", ".join(reasons))
-        return {"good": good, "bad_reasons": reasons, "scales": scales}
+        layout = self.full_layout.select(good)
+        if placing:
+            layout = with_signal_positions(layout, y_placing[good], self.name)
+        return {"good": good, "bad_reasons": reasons, "scales": scales, "layout": layout}
 
     @property
     def layout(self) -> SensorLayout:
-        """Layout of the channels that appear in the windows (bad channels excluded)."""
-        return self.full_layout.select(self.calibration["good"])
+        """Layout of the channels that appear in the windows: bad channels excluded, and EEG channels without a
+        position placed from the signal when ``spec.signal_positions`` (`data.signal_positions`)."""
+        return self.calibration["layout"]
 
     @cached_property
     def channel_scales(self) -> np.ndarray:

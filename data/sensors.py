@@ -56,7 +56,7 @@ class SensorLayout:
     head frame, NaN rows where unknown; orientations: [C, 3] float32 (zeros for EEG);
     position_sources: None (not recorded) or C strings naming the rule that gave each position (see
     `layout_from_info`): "file", "montage:<montage>", "alias:T3->T7", "bipolar:Fp1-F3",
-    "offset:C3+2cm-anterior" or "unknown".
+    "offset:C3+2cm-anterior", "signal:neighbours" / "signal:mds" (`data.signal_positions`) or "unknown".
     """
 
     names: tuple[str, ...]
@@ -90,6 +90,14 @@ class SensorLayout:
     def position_known(self) -> np.ndarray:
         """[C] bool: True where the channel has a real position."""
         return ~np.isnan(self.positions).any(axis=1)
+
+    @property
+    def position_inferred(self) -> np.ndarray:
+        """[C] bool: True where the position was inferred from the signal (`data.signal_positions`), not read
+        from the file or found by label."""
+        if self.position_sources is None:
+            return np.zeros(len(self.names), dtype=bool)
+        return np.array([s.startswith("signal:") for s in self.position_sources], dtype=bool)
 
     def select(self, idx) -> SensorLayout:
         """A layout of the channels at ``idx`` (indices or boolean mask), in that order."""
@@ -284,7 +292,8 @@ def _build_layout(info: mne.Info, montage: str | None) -> tuple[SensorLayout, np
             listed += f", ... ({len(missing) - _MAX_LISTED} more)"
         notes.append((
             "%d channel(s) have no known position (not in the file, no match in montage %s): %s; "
-            "they are identified by name only",
+            "they are identified by name, and EEG ones placed from the signal's correlations where they can be "
+            "(data.signal_positions)",
             (len(missing), repr(montage) if montage else "(none of the built-in caps fits these names)", listed),
         ))
     layout = SensorLayout(

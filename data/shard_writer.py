@@ -99,6 +99,7 @@ def _recording_items(job: _Job):
             "positions": layout.positions.astype(np.float32),
             "orientations": layout.orientations.astype(np.float32),
             "channel_ids": layout.channel_ids,
+            "position_inferred": layout.position_inferred.astype(np.uint8),
         }
         for w in pipe.windows(stats):
             n += 1

@@ -153,7 +153,7 @@ def test_unknown_name_gets_nan_and_one_warning(caplog: pytest.LogCaptureFixture)
     assert len(warnings_) == 1
     msg = warnings_[0].getMessage()
     assert "odd.edf" in msg and "XYZ1" in msg and "C3-sideways" in msg and "Fp1" not in msg
-    assert "identified by name only" in msg and "unknown position" not in msg
+    assert "identified by name" in msg and "unknown position" not in msg
 
 
 def test_file_positions_win_over_montage() -> None:

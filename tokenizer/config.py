@@ -50,6 +50,10 @@ class TokenizerConfig(DictConfig):
     # channel compression and latent mixing
     n_latent: int = 16
     n_latent_layers: int = 2
+    # decoder's attention over the latents: "learned" alone, or "mirrored" (plus the encoder's routing logits,
+    # transposed: a channel is read back from the latents that pooled it). Every preset mirrors; the field's
+    # default stays "learned" so that packages saved before it existed load as they were trained.
+    decoder_routing: str = "learned"
 
     # residual vector quantizer
     rvq_levels: int = 4
@@ -95,6 +99,8 @@ class TokenizerConfig(DictConfig):
             raise ValueError(f"TokenizerConfig: stft_n_fft {self.stft_n_fft} is shorter than hop {self.hop}")
         if not 0.0 <= self.position_dropout <= 1.0:
             raise ValueError(f"TokenizerConfig: position_dropout {self.position_dropout} must be in [0, 1]")
+        if self.decoder_routing not in ("learned", "mirrored"):
+            raise ValueError(f"TokenizerConfig: decoder_routing {self.decoder_routing!r} must be 'learned' or 'mirrored'")
         if self.rms_floor <= 0:
             raise ValueError(f"TokenizerConfig: rms_floor {self.rms_floor} must be positive")
         if not 0.0 <= self.channel_dropout < 1.0:
@@ -129,6 +135,7 @@ class TokenizerConfig(DictConfig):
             n_latent_layers=1,
             codebook_size=256,
             codebook_dim=16,
+            decoder_routing="mirrored",
         )
 
     @classmethod
@@ -139,12 +146,13 @@ class TokenizerConfig(DictConfig):
             n_heads=4,
             n_latent_layers=1,
             codebook_dim=64,
+            decoder_routing="mirrored",
         )
 
     @classmethod
     def base(cls) -> TokenizerConfig:
         """The published default."""
-        return cls()
+        return cls(decoder_routing="mirrored")
 
     @classmethod
     def preset(cls, name: str) -> TokenizerConfig:

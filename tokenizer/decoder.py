@@ -16,8 +16,14 @@ from tokenizer.layers import CrossAttentionBlock, FeedForward, orthogonal_rows, 
 class SensorQueryDecoder(nn.Module):
     """Per frame, every target sensor cross-attends over the N latent tokens.
 
-    latents: [B, N, F, D]; sensor: [B, C, D] target sensor embeddings -> per-channel frames [B, C, F, D].
+    latents: [B, N, F, D]; sensor: [B, C, D] target sensor embeddings; optional routing [B, H, N, C], the
+    encoder's logits of latent n over channel c -> per-channel frames [B, C, F, D].
     Latent tokens get a learned identity embedding (latents are ordered, channels are not).
+
+    Mirrored routing: with ``routing``, channel c's logits over the latents are the encoder's logits of those
+    latents over c, added to the decoder's own. A channel is then read back from the latents that pooled it,
+    by construction and for any sensor embedding, including name identities never seen in training; the
+    decoder no longer has to learn the encoder's routing anew for every kind of identity.
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -25,12 +31,16 @@ class SensorQueryDecoder(nn.Module):
         self.latent_ids = nn.Parameter(orthogonal_rows(cfg.n_latent, cfg.d_model))
         self.cross = CrossAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult)
 
-    def forward(self, latents: Tensor, sensor: Tensor) -> Tensor:
+    def forward(self, latents: Tensor, sensor: Tensor, routing: Tensor | None = None) -> Tensor:
         b, n, f, d = latents.shape
         c = sensor.shape[1]
         context = (latents + self.latent_ids[:, None, :]).transpose(1, 2).reshape(b * f, n, d)
         queries = sensor[:, None].expand(b, f, c, d).reshape(b * f, c, d)
-        return self.cross(queries, context).view(b, f, c, d).transpose(1, 2)
+        bias = None
+        if routing is not None:
+            h = routing.shape[1]
+            bias = routing.transpose(-1, -2)[:, None].expand(b, f, h, c, n).reshape(b * f, h, c, n)
+        return self.cross(queries, context, bias=bias).view(b, f, c, d).transpose(1, 2)
 
 
 class WaveformDecoder(nn.Module):
@@ -71,7 +81,8 @@ class WaveformDecoder(nn.Module):
 
 
 class BrainDecoder(nn.Module):
-    """latents [B, N, F, D], target sensor embeddings [B, C, D], mask [B, C] bool -> signal [B, C, F * hop].
+    """latents [B, N, F, D], target sensor embeddings [B, C, D], mask [B, C] bool, optional routing
+    [B, H, N, C] (see `SensorQueryDecoder`) -> signal [B, C, F * hop].
 
     Only channels where mask is True are synthesised; the others are zeros.
     """
@@ -81,6 +92,6 @@ class BrainDecoder(nn.Module):
         self.query = SensorQueryDecoder(cfg)
         self.waveform = WaveformDecoder(cfg)
 
-    def forward(self, latents: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
-        frames = self.query(latents, sensor)
+    def forward(self, latents: Tensor, sensor: Tensor, mask: Tensor, routing: Tensor | None = None) -> Tensor:
+        frames = self.query(latents, sensor, routing)
         return scatter_channels(self.waveform(frames[mask]), mask)

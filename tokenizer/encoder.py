@@ -133,6 +133,11 @@ class ChannelCompressor(nn.Module):
             SelfAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult) for _ in range(cfg.n_latent_layers)
         )
 
+    def routing_logits(self, sensor: Tensor) -> Tensor:
+        """sensor [B, C, D] -> the latent queries' attention logits over the channels [B, H, N_latent, C]
+        (sensor keys only: the same in every frame, and computable from the layout alone)."""
+        return self.cross.routing_logits(self.latents.expand(sensor.shape[0], -1, -1), sensor)
+
     def forward(self, features: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
         b, c, f, d = features.shape
         values = (features + sensor[:, :, None, :]).permute(0, 2, 1, 3).reshape(b * f, c, d)

@@ -38,7 +38,8 @@ def evaluate(
     """Metrics dict: ``eeg/pcc``, ``meg/nmse``, ..., ``usage_l0``, ``perplexity_l0``, ``bits_per_channel_second``,
     plus what tells whether channels and latents are distinguishable:
 
-    - ``eeg/pcc_position_known`` / ``eeg/pcc_position_unknown``: EEG PCC over channels with / without a position;
+    - ``eeg/pcc_position_known`` / ``eeg/pcc_position_unknown``: EEG PCC over channels with / without a position
+      from the file or a label rule (channels placed from their signal, `data.signal_positions`, count as without);
     - ``chcorr_orig`` / ``chcorr_recon``: mean correlation between two channels of a window (`channel_correlation`),
       original and reconstruction, over windows with at least 2 channels;
     - ``distinct_l*``, ``spatial_copy_l*``, ``frame_copy_l*``: the tokens' redundancy (`token_redundancy`).
@@ -61,7 +62,8 @@ def evaluate(
         rec.update(recon, batch["signal"], batch["types"], batch["channel_mask"])
         usage.update(idx)
         eeg = batch["channel_mask"] & (batch["types"] == int(SensorType.EEG))
-        known = torch.isfinite(batch["positions"]).all(dim=-1)
+        # "known": read from the file or found by label; a position inferred from the signal counts as unknown
+        known = torch.isfinite(batch["positions"]).all(dim=-1) & ~batch["position_inferred"]
         pcc = pearson(recon, batch["signal"])
         pcc_by_position["known"] += pcc[eeg & known].tolist()
         pcc_by_position["unknown"] += pcc[eeg & ~known].tolist()

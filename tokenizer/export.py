@@ -8,7 +8,7 @@ import torch
 
 from data.atomic import atomic_directory
 from runkit.checkpoints import find_checkpoint, submodule_state
-from tokenizer.lightning import PREPROCESSING_KEY, build_config
+from tokenizer.lightning import PREPROCESSING_KEY, checkpoint_config
 from tokenizer.model import BrainTokenizer
 from tokenizer.package import TokenizerPackageError, save_package
 
@@ -16,9 +16,7 @@ from tokenizer.package import TokenizerPackageError, save_package
 def model_from_checkpoint(ckpt: Path) -> tuple[BrainTokenizer, dict, dict]:
     """(model in eval mode, preprocessing dict, checkpoint facts) from a TokenizerModule checkpoint."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    hp = state.get("hyper_parameters", {})
-    config = build_config(hp.get("preset", "tiny"), hp.get("overrides"))
-    model = BrainTokenizer(config)
+    model = BrainTokenizer(checkpoint_config(state))
     model.load_state_dict(submodule_state(state))
     facts = {"checkpoint": str(ckpt), "global_step": state.get("global_step"), "epoch": state.get("epoch")}
     return model.eval(), state.get(PREPROCESSING_KEY, {}), facts

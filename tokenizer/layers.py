@@ -25,7 +25,8 @@ class CrossAttention(nn.Module):
     """Multi-head attention of queries over a key/value set, with an optional key mask.
 
     queries: [N, Q, D]; context: [N, K, D] (values, and keys unless ``keys`` [N, K, D] is given);
-    key_mask: [N, K] bool, True = attend (each row needs one True).
+    key_mask: [N, K] bool, True = attend (each row needs one True); bias: optional [N, H, Q, K] float added
+    to the attention logits (after the 1 / sqrt(head dim) scaling).
     Returns [N, Q, D]. The output is a sum over keys, so it does not depend on the keys' order.
     """
 
@@ -44,8 +45,21 @@ class CrossAttention(nn.Module):
         n, length, dim = x.shape
         return x.view(n, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
 
+    def logits(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """Attention logits [N, H, Q, K] of (un-normed) queries [N, Q, D] over keys [N, K, D], as `forward` uses them."""
+        q = self._split_heads(self.to_q(queries))
+        if self.log_sharpness is not None:
+            q = q * self.log_sharpness.exp()[None, :, None, None]
+        k = self._split_heads(self.to_k(keys))
+        return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+
     def forward(
-        self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None, keys: Tensor | None = None
+        self,
+        queries: Tensor,
+        context: Tensor,
+        key_mask: Tensor | None = None,
+        keys: Tensor | None = None,
+        bias: Tensor | None = None,
     ) -> Tensor:
         q = self._split_heads(self.to_q(queries))
         if self.log_sharpness is not None:
@@ -53,6 +67,8 @@ class CrossAttention(nn.Module):
         k = self._split_heads(self.to_k(context if keys is None else keys))
         v = self._split_heads(self.to_v(context))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        if bias is not None:
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
@@ -78,13 +94,22 @@ class CrossAttentionBlock(nn.Module):
         self.attn = CrossAttention(dim, n_heads, sharpness)
         self.ffn = FeedForward(dim, ffn_mult)
 
+    def routing_logits(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """The attention logits [N, H, Q, K] this block gives queries [N, Q, D] over separate keys [N, K, D]."""
+        return self.attn.logits(self.norm_q(queries), self.norm_k(keys))
+
     def forward(
-        self, queries: Tensor, context: Tensor, key_mask: Tensor | None = None, keys: Tensor | None = None
+        self,
+        queries: Tensor,
+        context: Tensor,
+        key_mask: Tensor | None = None,
+        keys: Tensor | None = None,
+        bias: Tensor | None = None,
     ) -> Tensor:
         if (keys is None) != (self.norm_k is None):
             raise ValueError("CrossAttentionBlock: give keys exactly when built with separate_keys=True")
         keys = None if keys is None else self.norm_k(keys)
-        x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys)
+        x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys, bias)
         return self.ffn(queries + x if self.add_query else x)
 
 

@@ -19,6 +19,16 @@ from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
 from tokenizer.model import BrainTokenizer
 
 PREPROCESSING_KEY = "brainforge_preprocessing"
+CONFIG_KEY = "brainforge_tokenizer_config"  # the resolved TokenizerConfig, so a checkpoint never depends on preset defaults
+
+
+def checkpoint_config(checkpoint: dict) -> TokenizerConfig:
+    """The TokenizerConfig a checkpoint was trained with. Checkpoints from before `CONFIG_KEY` was written
+    are rebuilt from their preset and overrides, with the decoder routing they had then ("learned")."""
+    if CONFIG_KEY in checkpoint:
+        return TokenizerConfig.from_dict(checkpoint[CONFIG_KEY])
+    hp = checkpoint.get("hyper_parameters", {})
+    return build_config(hp.get("preset", "tiny"), {"decoder_routing": "learned", **(hp.get("overrides") or {})})
 
 
 def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TokenizerConfig:
@@ -118,6 +128,14 @@ class TokenizerModule(L.LightningModule):
     # --- checkpoint extras ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[PREPROCESSING_KEY] = self.preprocessing
+        checkpoint[CONFIG_KEY] = self.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.preprocessing = checkpoint.get(PREPROCESSING_KEY, {})
+        trained = checkpoint_config(checkpoint)
+        changed = sorted(k for k, v in trained.to_dict().items() if self.config.to_dict().get(k) != v)
+        if changed:
+            raise OptionError(
+                f"tokenizer checkpoint: trained with a different config ({', '.join(f'{k}={trained.to_dict()[k]!r}' for k in changed)}); "
+                "resume with the same --model.preset and --model.overrides"
+            )

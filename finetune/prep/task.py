@@ -99,7 +99,7 @@ class ModelInputs:
 
 #: The signal-path fields of the tokenizer's spec that a task's inputs take over (window and stride stay the task's).
 SIGNAL_FIELDS = ("sfreq", "l_freq", "h_freq_max", "h_freq_fraction", "line_freq", "notch", "min_sfreq",
-                 "bad_z_threshold", "flat_window_fraction", "clip")
+                 "bad_z_threshold", "flat_window_fraction", "clip", "signal_positions")
 
 
 def tokenizer_spec(package: str | Path) -> PreprocessingSpec | None:
