@@ -541,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
          + "\n\nOn neither side:\n\n" + _common.table(["recording", "why"], [[r, w] for r, w in excluded])
          + "\n\nRecordings `data prepare` skips anyway (shorter than one 2 s window, annotations only, broken, epoched) "
            "are not listed."),
-        ("Aims", _common.table(["check", "measured", "aim", ""], aim_rows)),
+        ("Aims", _common.table(["check", "measured", "aim", ""], aim_rows)
+         + "\n\n'With a position': read from the file or found by a label rule. EEG channels with neither are placed "
+         "from their recording's correlations by `data prepare` (`data/signal_positions.py`) and count as 'without "
+         "a position' (`python -m data inspect RECORDING` lists them)."),
         ("Held-out metrics (python -m tokenizer eval)",
          _common.table(["metric", "EEG", "MEG"],
                        [[k, fmt(metrics.get(f"eeg/{k}"), ".4f"), fmt(metrics.get(f"meg/{k}"), ".4f")]

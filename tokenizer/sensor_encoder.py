@@ -22,6 +22,12 @@ Among the alternatives this one
 
 Random ±1 vectors of 62 bits have cosine about ±0.13 to one another, so the identities are distinct.
 Channels with a known position keep their position embedding only: their identity is where they sit.
+
+A name identity says nothing about which channels a channel resembles, so the encoder pools such channels
+arbitrarily. The data stage therefore places EEG channels from their recording's correlations wherever it
+can (`data.signal_positions`: a position per recording, like one read from a file, which ``decode`` takes
+like any other); the name identity is for the channels that remain unplaced. Measured on the held-out EEGLAB
+recording with one trained package: PCC 0.504 by name identity, 0.577 placed from the signal.
 """
 
 from __future__ import annotations
