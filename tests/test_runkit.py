@@ -102,9 +102,12 @@ def test_preprocessing_written_today_still_reads() -> None:
 
     spec = {"version": 1, "sfreq": 256.0, "l_freq": 0.1, "h_freq_max": 100.0, "h_freq_fraction": 0.45, "line_freq": None,
             "notch": True, "min_sfreq": 64.0, "window_s": 1.0, "stride_s": 1.0, "bad_z_threshold": 5.0,
-            "flat_window_fraction": 0.5, "clip": 60000.0, "extra": {}}
+            "flat_window_fraction": 0.5, "clip": 60000.0, "signal_positions": True, "extra": {}}
     prep = {"spec": spec, "input_kind": "recordings", "window_samples": 256, "scales": None, "offsets": None,
             "length_rule": "tail", "low_pass": True, "segment_rule": "centre", "version": 1, "extra": {}}
     assert TaskPreprocessing.from_dict(prep).to_dict() == prep
+    # written before signal_positions existed: reads as False, so such a model keeps the inputs it was trained on
+    before = {**prep, "spec": {k: v for k, v in spec.items() if k != "signal_positions"}}
+    assert TaskPreprocessing.from_dict(before).to_dict() == {**prep, "spec": {**spec, "signal_positions": False}}
     with pytest.raises(ValueError, match=r"TaskPreprocessing: unknown field\(s\) \['windw_samples'\]"):
         TaskPreprocessing.from_dict({**prep, "windw_samples": 512})
