@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_tokenizer_model import make_batch
 
 from runkit.entry import OptionError
 from tokenizer import BrainTokenizer, TokenizerConfig
 from tokenizer.lightning import CONFIG_KEY, TokenizerModule, checkpoint_config
-
-from test_tokenizer_model import make_batch
 
 
 def _decoder_top_latents(model: BrainTokenizer, sensor: torch.Tensor) -> torch.Tensor:

@@ -45,12 +45,16 @@ class CrossAttention(nn.Module):
         n, length, dim = x.shape
         return x.view(n, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
 
-    def logits(self, queries: Tensor, keys: Tensor) -> Tensor:
-        """Attention logits [N, H, Q, K] of (un-normed) queries [N, Q, D] over keys [N, K, D], as `forward` uses them."""
+    def _heads_q(self, queries: Tensor) -> Tensor:
+        """Projected, sharpened queries split by head: [N, Q, D] -> [N, H, Q, D / H]."""
         q = self._split_heads(self.to_q(queries))
         if self.log_sharpness is not None:
             q = q * self.log_sharpness.exp()[None, :, None, None]
-        k = self._split_heads(self.to_k(keys))
+        return q
+
+    def logits(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """Attention logits [N, H, Q, K] of (un-normed) queries [N, Q, D] over keys [N, K, D], as `forward` uses them."""
+        q, k = self._heads_q(queries), self._split_heads(self.to_k(keys))
         return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
     def forward(
@@ -61,9 +65,7 @@ class CrossAttention(nn.Module):
         keys: Tensor | None = None,
         bias: Tensor | None = None,
     ) -> Tensor:
-        q = self._split_heads(self.to_q(queries))
-        if self.log_sharpness is not None:
-            q = q * self.log_sharpness.exp()[None, :, None, None]
+        q = self._heads_q(queries)
         k = self._split_heads(self.to_k(context if keys is None else keys))
         v = self._split_heads(self.to_v(context))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
