@@ -60,5 +60,7 @@ def test_checkpoints_record_their_config_and_old_ones_load_as_trained() -> None:
     assert checkpoint[CONFIG_KEY]["decoder_routing"] == "mirrored"
     assert checkpoint_config(checkpoint) == module.config
     module.on_load_checkpoint(checkpoint)  # same config: resumes
+    reweighted = TokenizerModule(preset="tiny", overrides={"weight_phase": 0.0, "channel_dropout": 0.1})
+    reweighted.on_load_checkpoint(checkpoint)  # loss weights and augmentation may change on resume
     with pytest.raises(OptionError, match="decoder_routing='learned'"):
         module.on_load_checkpoint({"hyper_parameters": {"preset": "tiny", "overrides": None}})

@@ -31,6 +31,15 @@ def checkpoint_config(checkpoint: dict) -> TokenizerConfig:
     return build_config(hp.get("preset", "tiny"), {"decoder_routing": "learned", **(hp.get("overrides") or {})})
 
 
+#: fields that only shape training (augmentation, loss weights, codebook upkeep): a resumed run may change them
+_TRAINING_ONLY = {"channel_dropout", "input_noise_std", "position_dropout", "spectral_mask_prob", "log_amp_floor",
+                  "ema_decay", "threshold_ema_dead_code", "kmeans_iters"}
+
+
+def _resumable_change(field: str) -> bool:
+    return field in _TRAINING_ONLY or field.startswith("weight_")
+
+
 def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TokenizerConfig:
     """A preset (`tiny`, `small`, `base`) with field overrides, e.g. {"codebook_size": 512}."""
     base = TokenizerConfig.preset(preset).to_dict()
@@ -133,9 +142,10 @@ class TokenizerModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.preprocessing = checkpoint.get(PREPROCESSING_KEY, {})
         trained = checkpoint_config(checkpoint)
-        changed = sorted(k for k, v in trained.to_dict().items() if self.config.to_dict().get(k) != v)
+        changed = sorted(k for k, v in trained.to_dict().items()
+                         if self.config.to_dict().get(k) != v and not _resumable_change(k))
         if changed:
             raise OptionError(
                 f"tokenizer checkpoint: trained with a different config ({', '.join(f'{k}={trained.to_dict()[k]!r}' for k in changed)}); "
-                "resume with the same --model.preset and --model.overrides"
+                "resume with the --model.preset and --model.overrides it was trained with (loss weights and augmentation may change)"
             )
