@@ -54,6 +54,7 @@ class TokenizerConfig(DictConfig):
     # transposed: a channel is read back from the latents that pooled it). Every preset mirrors; the field's
     # default stays "learned" so that packages saved before it existed load as they were trained.
     decoder_routing: str = "learned"
+    decoder_temporal_layers: int = 0
 
     # residual vector quantizer
     rvq_levels: int = 4
@@ -62,7 +63,9 @@ class TokenizerConfig(DictConfig):
     ema_decay: float = 0.99
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    threshold_ema_dead_code: int = 2
+    # a code whose EMA count of vectors per step falls below this is re-seeded from the batch; keep it near half
+    # the mean count, B x n_latent x n_frames / codebook_size (4 for base.yaml's batch of 32, 1 for small.yaml's 8)
+    threshold_ema_dead_code: float = 2
     rotation_trick: bool = True
 
     # gain-shape coding: each channel-window is divided by its RMS (floored, scaled units) before the
@@ -147,6 +150,9 @@ class TokenizerConfig(DictConfig):
             n_latent_layers=1,
             codebook_dim=64,
             decoder_routing="mirrored",
+            # small.yaml's batch of 8 windows gives 8 x 16 x 8 / 1024 = 1 vector per code per step: at the
+            # default threshold of 2 most codes were re-seeded every step (see `threshold_ema_dead_code`)
+            threshold_ema_dead_code=0.5,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from runkit.entry import OptionError
 from runkit.schedule import lr_factor
@@ -49,6 +50,25 @@ def build_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) 
     return TokenizerConfig.from_dict({**base, **(overrides or {})})
 
 
+def mean_code_assignments(config: TokenizerConfig, windows_per_step: int) -> float:
+    """Vectors one training step assigns to each code of a level, on average: B x N_latent x F / codebook size.
+    The EMA cluster size of a code settles near this; a code below ``threshold_ema_dead_code`` is re-seeded."""
+    return windows_per_step * config.n_latent * config.n_frames / config.codebook_size
+
+
+def warn_on_codebook_churn(config: TokenizerConfig, windows_per_step: int) -> None:
+    """Warn when the dead-code threshold is not below the mean assignment count: most codes would then be
+    re-seeded with a random batch vector at every step, and the codebook would never settle."""
+    mean = mean_code_assignments(config, windows_per_step)
+    if config.threshold_ema_dead_code >= mean:
+        rank_zero_warn(
+            f"tokenizer: threshold_ema_dead_code {config.threshold_ema_dead_code:g} is not below the mean "
+            f"{mean:.2f} vectors per code per step ({windows_per_step} windows x {config.n_latent} latents x "
+            f"{config.n_frames} frames / {config.codebook_size} codes): most codes would be re-seeded every step. "
+            f"Lower it to about {mean / 2:.2g} with --model.overrides '{{threshold_ema_dead_code: {mean / 2:.2g}}}' or raise --data.batch_size."
+        )
+
+
 class TokenizerModule(L.LightningModule):
     """Trains a `BrainTokenizer` on window batches.
 
@@ -82,15 +102,22 @@ class TokenizerModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self.model = BrainTokenizer(self.config, sync_codebook=self._sync_codebook())
+
+    def _sync_codebook(self) -> bool:
+        """Whether the codebooks are synchronised across processes: as forced, else when there are several."""
         sync = self.hparams.sync_codebook
         if sync is None:
             sync = self._trainer is not None and self.trainer.world_size > 1
-        self.model = BrainTokenizer(self.config, sync_codebook=bool(sync))
+        return bool(sync)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "preprocessing"):
             self.preprocessing = dm.preprocessing
+        batch_size = getattr(getattr(dm, "hparams", None), "batch_size", None)
+        if stage == "fit" and batch_size:
+            warn_on_codebook_churn(self.config, batch_size * (self.trainer.world_size if self._sync_codebook() else 1))
 
     # --- steps -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
