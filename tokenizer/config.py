@@ -54,7 +54,6 @@ class TokenizerConfig(DictConfig):
     # transposed: a channel is read back from the latents that pooled it). Every preset mirrors; the field's
     # default stays "learned" so that packages saved before it existed load as they were trained.
     decoder_routing: str = "learned"
-    decoder_temporal_layers: int = 0
 
     # residual vector quantizer
     rvq_levels: int = 4
