@@ -58,6 +58,15 @@ def test_training_steps_on_real_windows_lower_the_loss(shards):
     assert after < 0.97 * before, f"loss on a fixed batch {before:.3f} -> {after:.3f}"
 
 
+def test_fit_warns_when_the_batch_is_too_small_for_the_dead_code_threshold(shards):
+    """`tiny` re-seeds codes below 2 vectors per step; a batch of 1 window gives each of its 256 codes 0.5 on average."""
+    dm = WindowDataModule(str(shards), batch_size=1, max_channels=8)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match=r"threshold_ema_dead_code 2 is not below the mean 0.50 .*batch_size"):
+        trainer.fit(TokenizerModule("tiny", warmup_steps=1), dm)
+
+
 def test_ddp_two_processes_keep_codebooks_identical(shards, tmp_path):
     for mode in ("auto", "off"):
         (tmp_path / mode).mkdir()
