@@ -5,6 +5,8 @@ Run from the repository root (needs ``../shared/data/recordings``)::
     .venv/bin/python bench/tokenizer_rate_distortion.py                 # N_latent 16 / 32 / 64, ~8 min each
     .venv/bin/python bench/tokenizer_rate_distortion.py --quick         # 10 steps each, smoke run under runs/bench
     .venv/bin/python bench/tokenizer_rate_distortion.py --analyse-only  # rebuild the report from the last run
+    .venv/bin/python bench/tokenizer_rate_distortion.py --latents 16 --levels 8 --steps 8000 --max-time 00:00:30:00 \
+        --out runs/bench/tokenizer_rd_long --results bench/results/tokenizer_rate_distortion_long.md  # the 30-min budget
 
 For each N_latent (and RVQ depth, ``--levels``), through the real command lines and on the same data and
 budget (the same number of optimizer steps, batch, schedule and time cap): ``tokenizer fit -c
@@ -94,10 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--analyse-only", action="store_true")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--results", type=Path, default=None,
+                   help=f"report path (default {RESULTS.relative_to(ROOT)}); the PNG goes beside it")
     args = p.parse_args(argv)
     steps = args.steps or (10 if args.quick else 700)
     out = args.out or ROOT / "runs" / "bench" / ("tokenizer_rd_quick" if args.quick else "tokenizer_rd")
     results, png = (out / "rd.md", out / "rd.png") if args.quick else (RESULTS, PLOT)
+    if args.results:
+        results, png = args.results, args.results.with_suffix(".png")
     saved = out / "points.json"
     machine = _common.machine_description(("numpy", "torch", "lightning"))
     if args.analyse_only:

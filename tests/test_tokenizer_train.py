@@ -111,6 +111,8 @@ def test_cli_fit_export_encode_eval(shards, tmp_path):
     metrics = json.loads(res.stdout)
     for key in ("eeg/pcc", "eeg/nmse", "eeg/phase_alpha", "eeg/logamp_beta", "usage_l0", "perplexity_l3", "bits_per_channel_second"):
         assert key in metrics and np.isfinite(metrics[key]), key
+    by_hop = metrics["eeg/nmse_by_hop"]  # one value per hop of the window (tiny: 8 hops of 64 samples)
+    assert len(by_hop) == 8 and all(np.isfinite(v) and v > 0 for v in by_hop)
     assert {p.name for p in plots.iterdir()} == {"reconstruction.png", "spectra.png", "codebook_usage.png"}
     assert "eval" in json.loads((pkg / "metrics.json").read_text())
 

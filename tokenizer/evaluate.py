@@ -42,7 +42,9 @@ def evaluate(
       from the file or a label rule (channels placed from their signal, `data.signal_positions`, count as without);
     - ``chcorr_orig`` / ``chcorr_recon``: mean correlation between two channels of a window (`channel_correlation`),
       original and reconstruction, over windows with at least 2 channels;
-    - ``distinct_l*``, ``spatial_copy_l*``, ``frame_copy_l*``: the tokens' redundancy (`token_redundancy`).
+    - ``distinct_l*``, ``spatial_copy_l*``, ``frame_copy_l*``: the tokens' redundancy (`token_redundancy`);
+    - ``eeg/nmse_by_hop``: where in the window the error sits, one value per hop of ``cfg.hop`` samples (error
+      energy over the energy of the per-channel-window centred target, pooled over EEG channels).
     """
     model = load_package(package).model
     cfg = model.config
@@ -54,6 +56,7 @@ def evaluate(
     pcc_by_position: dict[str, list[float]] = {"known": [], "unknown": []}
     chcorr: dict[str, list[float]] = {"orig": [], "recon": []}
     redundancy: dict[str, list[float]] = {}
+    hop_error, hop_energy = torch.zeros(cfg.n_frames, dtype=torch.float64), torch.zeros(cfg.n_frames, dtype=torch.float64)
     for lo in tqdm(range(0, n, batch_size), desc="eval", unit="batch", disable=not progress):
         batch = collate([ds[i] for i in range(lo, min(lo + batch_size, n))])
         geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"], batch["channel_ids"])
@@ -66,6 +69,9 @@ def evaluate(
         known = torch.isfinite(batch["positions"]).all(dim=-1) & ~batch["position_inferred"]
         pcc = pearson(recon, batch["signal"])
         pcc_by_position["known"] += pcc[eeg & known].tolist()
+        target = batch["signal"][eeg].double()
+        hop_error += (recon[eeg].double() - target).square().view(-1, cfg.n_frames, cfg.hop).sum(dim=(0, 2))
+        hop_energy += (target - target.mean(-1, keepdim=True)).square().view(-1, cfg.n_frames, cfg.hop).sum(dim=(0, 2))
         pcc_by_position["unknown"] += pcc[eeg & ~known].tolist()
         chcorr["orig"] += channel_correlation(batch["signal"], batch["channel_mask"]).tolist()
         chcorr["recon"] += channel_correlation(recon, batch["channel_mask"]).tolist()
@@ -83,6 +89,8 @@ def evaluate(
         finite = [v for v in values if np.isfinite(v)]
         metrics[f"chcorr_{side}"] = float(np.mean(finite)) if finite else float("nan")
     metrics.update({key: float(np.sum(v) / n) for key, v in redundancy.items()})
+    if hop_energy.sum() > 0:
+        metrics["eeg/nmse_by_hop"] = [round(float(v), 4) for v in hop_error / hop_energy.clamp_min(1e-12)]
     if plots is not None and first is not None:
         _plots(Path(plots), first[0], first[1], usage, cfg.sfreq)
     return metrics
