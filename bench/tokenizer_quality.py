@@ -553,7 +553,10 @@ def main(argv: list[str] | None = None) -> int:
          + "\n\n" + _common.table(["RVQ level", "code usage", "perplexity"],
                                   [[lv, f"{metrics[f'usage_l{lv}']:.1%}", f"{metrics[f'perplexity_l{lv}']:.0f}"] for lv in range(levels)])
          + f"\n\nbits per channel-second (mean over held-out windows): {metrics.get('bits_per_channel_second'):.1f}; "
-           f"windows: {metrics.get('n_windows')}. The same numbers are in `{rel(package)}/metrics.json` under `eval`."),
+           f"windows: {metrics.get('n_windows')}. The same numbers are in `{rel(package)}/metrics.json` under `eval`."
+         + ("\n\nEEG NMSE by hop of the window (where in the 2 s the error sits; the last hop is the only one that a "
+            "single frame synthesises): " + " / ".join(f"{v:.2f}" for v in metrics["eeg/nmse_by_hop"])
+            if metrics.get("eeg/nmse_by_hop") else "")),
         ("Channels and latents: are they distinguishable? (held-out, eval CLI)",
          _common.table(["measure", "value"], [
              ["EEG PCC, channels with a position", f"{fmt(metrics.get('eeg/pcc_position_known'))} "
