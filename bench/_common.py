@@ -161,8 +161,9 @@ def run_measured(
     """Run ``cmd`` in a fresh child process; return its wall time and peak memory (see `ChildRun`).
 
     The command's process tree is polled every ``interval_s`` seconds at first, then less often (up to once
-    a second; a peak shorter than the interval can be missed by the sums, never by ``peak_rss_max_process``). Its output goes to a temporary file,
-    not a pipe, so that a chatty child can never block; the last 4000 characters are kept.
+    a second; a peak shorter than the interval can be missed by the sums, never by ``peak_rss_max_process``).
+    Its output goes to a temporary file, not a pipe, so that a chatty child can never block; the last 4000
+    characters are kept.
     """
     with tempfile.TemporaryDirectory(prefix="bench_run_") as d:
         result, log_path = Path(d) / "result.json", Path(d) / "output.log"

@@ -69,10 +69,12 @@ def evaluate(
         known = torch.isfinite(batch["positions"]).all(dim=-1) & ~batch["position_inferred"]
         pcc = pearson(recon, batch["signal"])
         pcc_by_position["known"] += pcc[eeg & known].tolist()
-        target = batch["signal"][eeg].double()
-        hop_error += (recon[eeg].double() - target).square().view(-1, cfg.n_frames, cfg.hop).sum(dim=(0, 2))
-        hop_energy += (target - target.mean(-1, keepdim=True)).square().view(-1, cfg.n_frames, cfg.hop).sum(dim=(0, 2))
         pcc_by_position["unknown"] += pcc[eeg & ~known].tolist()
+        target = batch["signal"][eeg].double()
+        if target.shape[-1] == cfg.window_samples:  # windows of another length have other hops: left out
+            hops = (-1, cfg.n_frames, cfg.hop)
+            hop_error += (recon[eeg].double() - target).square().view(hops).sum(dim=(0, 2))
+            hop_energy += (target - target.mean(-1, keepdim=True)).square().view(hops).sum(dim=(0, 2))
         chcorr["orig"] += channel_correlation(batch["signal"], batch["channel_mask"]).tolist()
         chcorr["recon"] += channel_correlation(recon, batch["channel_mask"]).tolist()
         for key, value in token_redundancy(idx).items():
