@@ -134,7 +134,7 @@ def _tree_memory(procs: list[psutil.Process]) -> tuple[int, int, int]:
 def _poll_peaks(launcher: psutil.Process, stop: threading.Event, out: dict, interval_s: float,
                 max_interval_s: float = 1.0) -> None:
     """Poll every ``interval_s``, doubling the interval every 20 polls up to ``max_interval_s``: reading a
-    process's PSS (/proc/PID/smaps) every 50 ms took a quarter of a core from a 1.5 GB training process on
+    process's PSS (/proc/PID/smaps) every 50 ms took about a fifth of a core from a 1.5 GB training process on
     the 2-core machine, which the benchmark would then have measured as slower training."""
     while not stop.is_set():
         rss, pss, n = _tree_memory(_descendants(launcher))
