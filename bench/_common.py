@@ -136,11 +136,14 @@ def _poll_peaks(launcher: psutil.Process, stop: threading.Event, out: dict, inte
     """Poll every ``interval_s``, doubling the interval every 20 polls up to ``max_interval_s``: reading a
     process's PSS (/proc/PID/smaps) every 50 ms took about a fifth of a core from a 1.5 GB training process on
     the 2-core machine, which the benchmark would then have measured as slower training."""
+    wait_s = interval_s
     while not stop.is_set():
         rss, pss, n = _tree_memory(_descendants(launcher))
         out["rss"], out["pss"] = max(out["rss"], rss), max(out["pss"], pss)
         out["n"], out["samples"] = max(out["n"], n), out["samples"] + 1
-        stop.wait(min(interval_s * 2 ** (out["samples"] // 20), max_interval_s))
+        if out["samples"] % 20 == 0:
+            wait_s = min(2 * wait_s, max_interval_s)
+        stop.wait(wait_s)
 
 
 # A small interpreter between us and the measured command. On Linux a process's ru_maxrss starts from
