@@ -318,8 +318,10 @@ METRIC_HEAD = ["windows of", "windows", "channels", "EEG PCC", "EEG NMSE", "EEG 
 
 
 def run_steps(train: list[Path], held: list[Path], train_shards: Path, held_shards: Path, run_dir: Path, package: Path,
-              plots: Path, eval_json: Path, max_steps: int, warmup: int, max_time: str, quick: bool) -> tuple[Step, float]:
-    """prepare x2 -> fit -> export -> eval through the command lines; returns the fit step and the wall seconds."""
+              plots: Path, eval_json: Path, max_steps: int, warmup: int, max_time: str, quick: bool,
+              overrides: str | None = None) -> tuple[Step, float]:
+    """prepare x2 -> fit -> export -> eval through the command lines; returns the fit step and the wall seconds.
+    ``overrides``: a JSON object of `TokenizerConfig` fields for the fit (``--model.overrides``)."""
     t0 = time.perf_counter()
     Step("prepare training set", ["-m", "data", "prepare", *map(rel, train), "--out", rel(train_shards), "--overwrite", "--quiet"])
     Step("prepare held-out set", ["-m", "data", "prepare", *map(rel, held), "--out", rel(held_shards), "--overwrite", "--quiet"])
@@ -328,7 +330,7 @@ def run_steps(train: list[Path], held: list[Path], train_shards: Path, held_shar
         "--data.train", rel(train_shards), "--trainer.default_root_dir", rel(run_dir),
         "--trainer.accelerator", "cpu", "--trainer.max_steps", str(max_steps), "--trainer.max_time", max_time,
         "--model.warmup_steps", str(warmup), "--data.balance", "recording",
-        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false", *(["--model.overrides", overrides] if overrides else []),
     ])
     Step("export", ["-m", "tokenizer", "export", rel(run_dir), "--out", rel(package), "--overwrite"])
     if plots.exists():
@@ -352,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="training steps; warm-up is 5%% of them (default 3000, --quick 10)")
     p.add_argument("--max-time", default=None, help="hard cap on training time DD:HH:MM:SS (default 00:00:30:00, --quick 00:00:01:00)")
     p.add_argument("--out", type=Path, default=None, help="run outputs (default runs/bench/tokenizer_quality[_quick])")
+    p.add_argument("--overrides", default=None,
+                   help='TokenizerConfig fields for the fit as JSON, e.g. \'{"channel_dropout": 0}\' (a variant of small)')
+    p.add_argument("--results", type=Path, default=None,
+                   help="report path (default bench/results/tokenizer_quality.md); its plots go in <stem>_plots beside it")
     p.add_argument("--analyse-only", action="store_true",
                    help="do not prepare/train/evaluate again: rebuild the report from the outputs (and steps.json) of "
                         "the last run in --out")
@@ -363,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / "bench" / ("tokenizer_quality_quick" if quick else "tokenizer_quality")
     results = out / "tokenizer_quality.md" if quick else RESULTS
     plots = out / "plots" if quick else PLOTS
+    if args.results:
+        results, plots = args.results, args.results.with_name(args.results.stem + "_plots")
     train_shards, held_shards = out / "shards_train", out / "shards_heldout"
     run_dir, package = out / "run", out / "package"
     eval_json = out / "eval_heldout.json"
@@ -385,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a stale last.ckpt would resume nothing but could be exported by mistake
         fit, steps_wall = run_steps(train, held, train_shards, held_shards, run_dir, package, plots, eval_json,
-                                    max_steps, warmup, max_time, quick)
+                                    max_steps, warmup, max_time, quick, args.overrides)
         machine["load average after eval (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         steps_file.write_text(json.dumps({"command": _common.command_line(), "steps": [st.to_dict() for st in Step.log],
                                           "steps_wall_s": steps_wall, "machine": machine}, indent=2))
