@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import _common  # noqa: E402
+from _codec_baseline import dct_codec  # noqa: E402
 from _common import Step, rel  # noqa: E402
 
 RECORDINGS = ROOT.parent / "shared" / "data" / "recordings"
@@ -136,6 +137,7 @@ class RecordingStats:
         self.channels: set[int] = set()
         self.pcc_by_position: dict[str, list[float]] = {"known": [], "unknown": []}
         self.redundancy: dict[str, list[float]] = defaultdict(list)
+        self.codec_pcc: dict[str, list[float]] = defaultdict(list)  # the DCT codec at the same bits, per modality
 
     def update(self, signal, recon, types, mask, indices, window_slice, positions) -> None:
         from tokenizer.losses import pearson
@@ -156,9 +158,14 @@ class RecordingStats:
                 self.sq[f"{modality}/target"] += float(s[sel].square().sum())
                 self.sq[f"{modality}/recon"] += float(r[sel].square().sum())
                 self.n[modality] += int(sel.sum()) * s.shape[-1]
-        for c in m.sum(1).tolist():
+        for j, c in enumerate(m.sum(1).tolist()):
             self.bits.append(bits_per_channel_second(self.cfg, int(c)))
             self.channels.add(int(c))
+            codec = torch.from_numpy(dct_codec(s[j].numpy(), self.bits[-1] * s.shape[-1] / self.cfg.sfreq))
+            codec_pcc = pearson(codec[None], s[j][None])[0]
+            for modality, members in MODALITIES.items():
+                sel = m[j] & torch.isin(ty[j], torch.tensor([int(t) for t in members]))
+                self.codec_pcc[modality] += codec_pcc[sel].tolist()
         for j in range(s.shape[0]):
             if int(m[j].sum()) > 1:
                 self.chcorr["orig"].append(mean_channel_correlation(s[j][m[j]]))
@@ -172,6 +179,8 @@ class RecordingStats:
             out[f"chcorr_{k}"] = sum(v) / len(v) if v else float("nan")
         for k, v in self.pcc_by_position.items():
             out[f"eeg/pcc_position_{k}"] = sum(v) / len(v) if v else float("nan")
+        for k, v in self.codec_pcc.items():
+            out[f"{k}/pcc_dct_codec"] = sum(v) / len(v) if v else float("nan")
         for k, v in self.redundancy.items():
             out[k] = sum(v) / len(v)
         for modality in self.n:
@@ -531,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{fmt(metrics.get('meg/pcc'))}, NMSE {fmt(metrics.get('meg/nmse'))}; code usage per level "
          f"{' / '.join(f'{u:.0%}' for u in usage)}; after {steps_done} steps ({fit_min:.1f} min of CPU training). "
          f"{'All aims met.' if not n_missed else f'{n_missed} of {len(checks)} aim checks MISSED (table below).'}"
+         + f" A per-channel DCT codec at the same bits per channel-second (no learning) reaches held-out EEG PCC "
+           f"{fmt(h_all.get('eeg/pcc_dct_codec'))}, MEG {fmt(h_all.get('meg/pcc_dct_codec'))} (section 'The trivial "
+           "baseline')."
          + (" QUICK smoke run: not a result." if quick else "")),
         ("What was done", WHAT),
         ("Commands", (f"```\n{original_command}\n```\n\n(this report was then rebuilt from that run's outputs, "
@@ -594,6 +606,21 @@ def main(argv: list[str] | None = None) -> int:
            "the mean Pearson correlation between two different channels of the same window (original / reconstruction; "
            "near 1 for the reconstruction = every channel gets the same waveform); bits / ch-s is the mean over the "
            "group's windows."),
+        ("The trivial baseline: a transform codec at the same bits",
+         "`bench/_codec_baseline.py`: every channel-window coded on its own by the K largest coefficients of its DCT "
+         "(index + a 2-7 bit value each, a 16-bit scale, the encoder's choice of value bits), with K set so that the "
+         "channel-window costs no more bits than the tokens spend on it (bits per channel-second of that window x "
+         f"{window_s:g} s); where not even one coefficient fits (under 19 + 12 bits per channel-window) it sends "
+         "nothing and scores 0. It ignores what channels share, which the tokens exploit: a joint codec would do "
+         "better still. Nothing is learned, so it cannot overfit; the tokenizer has to beat it.\n\n"
+         + _common.table(["windows of", "windows", "bits / ch-s", "EEG PCC tokenizer", "EEG PCC DCT codec",
+                          "MEG PCC tokenizer", "MEG PCC DCT codec"],
+                         [[name, g["windows"], fmt(g["bits_per_channel_second"], ".0f"), fmt(g.get("eeg/pcc")),
+                           fmt(g.get("eeg/pcc_dct_codec")), fmt(g.get("meg/pcc")), fmt(g.get("meg/pcc_dct_codec"))]
+                          for name in ["all", *sorted(k for k in held_groups if k not in
+                                                      ("all", "EEG-only windows", "windows with MEG"))]
+                          for g in [held_groups[name]]])
+         + "\n\nHeld-out windows; the same groups as the per-recording table below."),
         ("Signal scale (scaled units, from the shards)",
          "Amplitude of every recording's prepared windows (all channels and samples): the robust scaling puts the "
          "median |x| near 1; the tails are what the data stage leaves.\n\n"
