@@ -237,14 +237,49 @@ def per_recording(package: Path, shards: Path, indices: list[int], batch_size: i
     for lo in range(0, len(indices), batch_size):
         batch = collate([ds[i] for i in indices[lo:lo + batch_size]])
         geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"], batch["channel_ids"])
-        idx = model.encode(batch["signal"], *geo)
-        recon = model.decode(idx, *geo)
+        with torch.no_grad():
+            idx = model.encode(batch["signal"], *geo)
+            recon = model.decode(idx, *geo)
         has_meg = (torch.isin(batch["types"], meg) & batch["channel_mask"]).any(1)
         for i, name in enumerate(batch["recording"]):
             for key in (name, "all", "windows with MEG" if has_meg[i] else "EEG-only windows"):
                 groups[key].update(batch["signal"], recon, batch["types"], batch["channel_mask"], idx, slice(i, i + 1),
                                    batch["positions"])
     return {k: v.summary() for k, v in groups.items()}
+
+
+def hidden_channel_pcc(package: Path, shards: Path, shares: tuple[float, ...] = (0.25, 0.5), batch_size: int = 16) -> dict:
+    """Encode each EEG window from a random share of its channels (seeded), decode all of them: mean PCC of the
+    channels the encoder saw and of those it did not, per hidden share -> {share: {"visible", "hidden", "n_hidden"}}."""
+    from data.dataset import WindowCollator, window_dataset
+    from data.sensors import SensorType
+    from tokenizer.losses import pearson
+    from tokenizer.package import load_package
+
+    model = load_package(package).model.eval()
+    ds = window_dataset(shards)
+    collate = WindowCollator(max_channels=None)
+    items = [it for it in (ds[i] for i in range(len(ds))) if (it["types"] == int(SensorType.EEG)).sum() > 1]
+    out = {}
+    for share in shares:
+        gen, visible_pcc, hidden_pcc = torch.Generator().manual_seed(0), [], []
+        for lo in range(0, len(items), batch_size):
+            batch = collate(items[lo:lo + batch_size])
+            mask, seen = batch["channel_mask"], batch["channel_mask"].clone()
+            for i in range(mask.shape[0]):
+                real = mask[i].nonzero().flatten()
+                hide = real[torch.randperm(len(real), generator=gen)[: int(share * len(real))]]
+                seen[i, hide] = False
+            geo = (batch["types"], batch["positions"], batch["orientations"])
+            with torch.no_grad():
+                idx = model.encode(batch["signal"], *geo, seen, batch["channel_ids"])
+                recon = model.decode(idx, *geo, mask, batch["channel_ids"])
+            pcc, eeg = pearson(recon, batch["signal"].float()), batch["types"] == int(SensorType.EEG)
+            visible_pcc += pcc[seen & eeg].tolist()
+            hidden_pcc += pcc[mask & ~seen & eeg].tolist()
+        out[share] = {"visible": sum(visible_pcc) / len(visible_pcc), "hidden": sum(hidden_pcc) / max(1, len(hidden_pcc)),
+                      "n_hidden": len(hidden_pcc)}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -413,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     per_rec = 4 if quick else TRAIN_EVAL_PER_RECORDING
     held_groups = per_recording(package, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
     train_groups = per_recording(package, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
+    hidden = hidden_channel_pcc(package, held_shards)
     t_inproc = time.perf_counter() - t0
     wall = steps_wall + t_inproc if args.analyse_only else time.perf_counter() - t_start
     machine["load average at end (1/5/15 min)" if not args.analyse_only else "load average at report rebuild"] = (
@@ -606,6 +642,11 @@ def main(argv: list[str] | None = None) -> int:
            "the mean Pearson correlation between two different channels of the same window (original / reconstruction; "
            "near 1 for the reconstruction = every channel gets the same waveform); bits / ch-s is the mean over the "
            "group's windows."),
+        ("Channels the encoder did not see (held-out EEG windows)",
+         "Each window encoded from a random share of its channels (seed 0), all of them decoded from those tokens; "
+         "PCC of the channels the encoder saw and of the hidden ones (predicted from their sensor embedding alone):\n\n"
+         + _common.table(["hidden share", "PCC seen channels", "PCC hidden channels", "hidden channel-windows"],
+                         [[f"{share:.0%}", fmt(v["visible"]), fmt(v["hidden"]), v["n_hidden"]] for share, v in hidden.items()])),
         ("The trivial baseline: a transform codec at the same bits",
          "`bench/_codec_baseline.py`: every channel-window coded on its own by the K largest coefficients of its DCT "
          "(index + a 2-7 bit value each, a 16-bit scale, the encoder's choice of value bits), with K set so that the "

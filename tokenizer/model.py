@@ -9,9 +9,10 @@ latent queries attend only over unmasked channels, and losses average only over 
 windows with 19 channels and MEG windows with 306 can share a batch, and a window padded with extra
 masked channels gives the same tokens as the unpadded one. To bound memory with large MEG arrays, the
 collate may keep a random subset of at most ``max_channels`` channels of each item (a fresh subset each
-time the item is drawn): the tokenizer is trained to work from any subset of sensors anyway, because
-``forward`` hides a fresh random 25% of each sample's real channels from the encoder (never one mask per
-batch, always at least one channel kept) and reconstructs all of them.
+time the item is drawn): the tokenizer works from any subset of sensors anyway. With ``channel_dropout``
+(25% in ``tiny`` and ``base``), ``forward`` hides a fresh random share of each sample's real channels from the
+encoder (never one mask per batch, always at least one channel kept) and reconstructs all of them; ``small``
+trains without it and rebuilds hidden channels about as well (measured: see `TokenizerConfig.small`).
 """
 
 from __future__ import annotations
