@@ -33,10 +33,19 @@ def bits_used(n_samples: int, budget_bits: float, value_bits: int) -> int:
     return 0 if k == 0 else SCALE_BITS + CHOICE_BITS + k * (math.ceil(math.log2(n_samples)) + value_bits)
 
 
-def dct_codec(x: np.ndarray, budget_bits: float) -> np.ndarray:
+def dct_codec(x: np.ndarray, budget_bits: float, block: int | None = None) -> np.ndarray:
     """Code every row of x [C, T] (one channel-window per row) in at most ``budget_bits`` bits -> its
-    reconstruction [C, T] (zeros for a row when not even one coefficient fits)."""
+    reconstruction [C, T] (zeros for a row when not even one coefficient fits).
+
+    ``block``: code each run of ``block`` samples apart, with an equal share of the budget (T a multiple of it),
+    as a frame-by-frame coder must; None = the whole window at once."""
     x = np.asarray(x, dtype=np.float64)
+    if block is not None and block != x.shape[-1]:
+        c, t = x.shape
+        if t % block:
+            raise ValueError(f"dct_codec: window of {t} samples is not a multiple of block {block}")
+        parts = x.reshape(c, t // block, block).reshape(-1, block)
+        return dct_codec(parts, budget_bits * block / t).reshape(c, t)
     coefs = dct(x, norm="ortho", axis=-1)
     order = np.argsort(-np.abs(coefs), axis=-1)
     best = np.zeros_like(x)

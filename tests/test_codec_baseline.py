@@ -39,3 +39,11 @@ def test_error_falls_as_the_budget_grows_and_nothing_is_sent_below_the_overhead(
     assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False)), errors
     assert _pcc(dct_codec(eeg_window, 1280), eeg_window) > 0.95
     assert not dct_codec(eeg_window, 18).any()  # scale + choice bits alone do not fit: zeros, not overspending
+
+
+def test_coding_blocks_apart_costs_quality_at_equal_bits(eeg_window) -> None:
+    """The same bits spent block by block (as a frame-by-frame coder must) reconstruct worse than over the window."""
+    whole = _pcc(dct_codec(eeg_window, 160), eeg_window)  # 160 bits: the tokens' rate on a 32-channel window
+    blocks = _pcc(dct_codec(eeg_window, 160, block=128), eeg_window)
+    assert blocks < whole - 0.03, (blocks, whole)
+    assert np.array_equal(dct_codec(eeg_window[:, :128], 40), dct_codec(eeg_window, 160, block=128)[:, :128])
