@@ -90,6 +90,26 @@ def test_latents_of_a_frame_are_not_near_duplicates_at_initialisation(eeg_batch,
     assert cosine < 0.95, f"{preset}: latents of a frame have mean cosine {cosine:.3f}"
 
 
+def test_latent_maps_keep_the_latents_of_a_one_channel_window_apart(eeg_batch) -> None:
+    """One real channel: every latent pools the same vector, so without maps the N latents of a frame coincide
+    (cosine 1) and share their codes; with ``latent_maps`` they differ, and the decoder's maps start as the
+    encoder's inverses (the pair begins as the identity)."""
+    one = {k: (v[:, :1] if isinstance(v, torch.Tensor) and v.ndim >= 2 else v) for k, v in eeg_batch.items()}
+    cosines = {}
+    for maps in (False, True):
+        torch.manual_seed(0)
+        cfg = TokenizerConfig.from_dict({**TokenizerConfig.tiny().to_dict(), "latent_maps": maps})
+        model = BrainTokenizer(cfg).eval()
+        with torch.no_grad():
+            sensor = model.sensor_encoder(one["types"], one["positions"], one["orientations"], one["channel_ids"])
+            latents = model.encoder(one["signal"], sensor, one["channel_mask"])
+        cosines[maps] = _mean_offdiag_cosine(latents.transpose(1, 2))
+    assert cosines[False] > 0.999, cosines
+    assert cosines[True] < 0.5, cosines
+    enc, dec = model.encoder.compressor.maps.weight, model.decoder.query.maps.weight
+    assert torch.allclose(enc @ dec, torch.eye(enc.shape[-1]).expand_as(enc), atol=1e-5)
+
+
 def test_tiny_fits_real_windows_without_positions_and_keeps_channels_apart(eeg_batch) -> None:
     """Capacity and channel identity in one fit: ``tiny`` overfits a fixed batch of real EEG windows whose
     positions are all removed to PCC >= 0.9, and the reconstruction's channel-to-channel correlation stays

@@ -54,6 +54,10 @@ class TokenizerConfig(DictConfig):
     # transposed: a channel is read back from the latents that pooled it). Every preset mirrors; the field's
     # default stays "learned" so that packages saved before it existed load as they were trained.
     decoder_routing: str = "learned"
+    # one learned map per latent after pooling, its inverse before decoding (`tokenizer.layers.LatentMaps`): the
+    # latents of a window with fewer channels than latents no longer coincide. Off by default so that packages
+    # saved before the field existed load as they were trained.
+    latent_maps: bool = False
 
     # residual vector quantizer
     rvq_levels: int = 4

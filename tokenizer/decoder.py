@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.layers import CrossAttentionBlock, FeedForward, orthogonal_rows, scatter_channels
+from tokenizer.layers import CrossAttentionBlock, FeedForward, LatentMaps, orthogonal_rows, scatter_channels
 
 
 class SensorQueryDecoder(nn.Module):
@@ -29,11 +29,14 @@ class SensorQueryDecoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig) -> None:
         super().__init__()
         self.latent_ids = nn.Parameter(orthogonal_rows(cfg.n_latent, cfg.d_model))
+        self.maps = LatentMaps(cfg.n_latent, cfg.d_model, transpose=True) if cfg.latent_maps else None
         self.cross = CrossAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult)
 
     def forward(self, latents: Tensor, sensor: Tensor, routing: Tensor | None = None) -> Tensor:
         b, n, f, d = latents.shape
         c = sensor.shape[1]
+        if self.maps is not None:
+            latents = self.maps(latents.transpose(1, 2)).transpose(1, 2)
         context = (latents + self.latent_ids[:, None, :]).transpose(1, 2).reshape(b * f, n, d)
         queries = sensor[:, None].expand(b, f, c, d).reshape(b * f, c, d)
         bias = None

@@ -20,6 +20,7 @@ from tokenizer.config import TokenizerConfig
 from tokenizer.layers import (
     CrossAttentionBlock,
     FeedForward,
+    LatentMaps,
     SelfAttentionBlock,
     init_convs_,
     orthogonal_rows,
@@ -120,7 +121,8 @@ class ChannelCompressor(nn.Module):
     keys are the channels' sensor embeddings (so each latent pools its own region of the head, the same
     in every frame, and the decoder can mirror the routing), and a latent is the pooled content only:
     the query itself is not added back, so a latent carries no constant "which latent am I" vector that
-    would fill the first code level.
+    would fill the first code level. With ``cfg.latent_maps`` each pooled latent then goes through its own
+    learned map (`LatentMaps`), so latents that pooled the same content (fewer channels than latents) differ.
     """
 
     def __init__(self, cfg: TokenizerConfig) -> None:
@@ -129,6 +131,7 @@ class ChannelCompressor(nn.Module):
         self.cross = CrossAttentionBlock(
             cfg.d_model, cfg.n_heads, cfg.ffn_mult, add_query=False, sharpness=8.0, separate_keys=True
         )
+        self.maps = LatentMaps(cfg.n_latent, cfg.d_model) if cfg.latent_maps else None
         self.mixers = nn.ModuleList(
             SelfAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult) for _ in range(cfg.n_latent_layers)
         )
@@ -144,6 +147,8 @@ class ChannelCompressor(nn.Module):
         keys = sensor[:, None].expand(b, f, c, d).reshape(b * f, c, d)
         key_mask = mask[:, None, :].expand(b, f, c).reshape(b * f, c)
         z = self.cross(self.latents.expand(b * f, -1, -1), values, key_mask, keys=keys)
+        if self.maps is not None:
+            z = self.maps(z)
         for mixer in self.mixers:
             z = mixer(z)
         return z.view(b, f, -1, d).transpose(1, 2)

@@ -135,6 +135,26 @@ class SelfAttentionBlock(nn.Module):
         return self.ffn(x + self.attn(h, h))
 
 
+class LatentMaps(nn.Module):
+    """One learned D x D map per latent: x [..., N, D] -> [..., N, D], x_n @ W_n.
+
+    The maps start as random orthogonal matrices drawn from a fixed seed, so an encoder's maps and a decoder's
+    ``transpose=True`` maps start as exact inverses and the pair begins as the identity. Why: when a window has
+    fewer channels than latents the pooled latents coincide (one channel: all N are the same vector, quantised
+    to the same codes), and the self-attention after pooling cannot tell identical inputs apart. Rotated
+    differently, the N copies fall on different codes, so the N_latent x L tokens of a frame all carry bits.
+    """
+
+    def __init__(self, n: int, dim: int, transpose: bool = False, seed: int = 1234) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        maps = torch.linalg.qr(torch.randn(n, dim, dim, generator=gen))[0]
+        self.weight = nn.Parameter(maps.transpose(1, 2).contiguous() if transpose else maps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("...nd,nde->...ne", x, self.weight)
+
+
 def init_convs_(module: nn.Module, gain: float = math.sqrt(2.0)) -> None:
     """Variance-preserving init of every Conv1d / ConvTranspose1d in ``module``: N(0, gain^2 / fan_in), zero bias.
 
