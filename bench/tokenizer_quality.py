@@ -281,7 +281,8 @@ def hidden_channel_pcc(package: Path, shards: Path, shares: tuple[float, ...] = 
             pcc, eeg = pearson(recon, batch["signal"].float()), batch["types"] == int(SensorType.EEG)
             visible_pcc += pcc[seen & eeg].tolist()
             hidden_pcc += pcc[mask & ~seen & eeg].tolist()
-        out[share] = {"visible": sum(visible_pcc) / len(visible_pcc), "hidden": sum(hidden_pcc) / max(1, len(hidden_pcc)),
+        out[share] = {"visible": sum(visible_pcc) / len(visible_pcc) if visible_pcc else float("nan"),
+                      "hidden": sum(hidden_pcc) / len(hidden_pcc) if hidden_pcc else float("nan"),
                       "n_hidden": len(hidden_pcc)}
     return out
 
