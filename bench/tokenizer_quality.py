@@ -225,14 +225,12 @@ def spread(indices: list[int], k: int | None) -> list[int]:
     return [indices[int(j * step)] for j in range(k)]
 
 
-def per_recording(package: Path, shards: Path, indices: list[int], batch_size: int = 32) -> dict[str, dict]:
+def per_recording(model, shards: Path, indices: list[int], batch_size: int = 32) -> dict[str, dict]:
     """Metrics per recording, per modality group of windows ("EEG-only windows", "windows with MEG"), and
-    for all the given windows together ("all"), from the package on the windows ``indices`` of ``shards``."""
+    for all the given windows together ("all"), from the package's model on the windows ``indices`` of ``shards``."""
     from data.dataset import WindowCollator, window_dataset
     from data.sensors import SensorType
-    from tokenizer.package import load_package
 
-    model = load_package(package).model
     cfg = model.config
     ds = window_dataset(shards)
     collate = WindowCollator(max_channels=None)
@@ -252,15 +250,13 @@ def per_recording(package: Path, shards: Path, indices: list[int], batch_size: i
     return {k: v.summary() for k, v in groups.items()}
 
 
-def hidden_channel_pcc(package: Path, shards: Path, shares: tuple[float, ...] = (0.25, 0.5), batch_size: int = 16) -> dict:
+def hidden_channel_pcc(model, shards: Path, shares: tuple[float, ...] = (0.25, 0.5), batch_size: int = 16) -> dict:
     """Encode each EEG window from a random share of its channels (seeded), decode all of them: mean PCC of the
     channels the encoder saw and of those it did not, per hidden share -> {share: {"visible", "hidden", "n_hidden"}}."""
     from data.dataset import WindowCollator, window_dataset
     from data.sensors import SensorType
     from tokenizer.losses import pearson
-    from tokenizer.package import load_package
 
-    model = load_package(package).model.eval()
     ds = window_dataset(shards)
     collate = WindowCollator(max_channels=None)
     items = [it for it in (ds[i] for i in range(len(ds))) if (it["types"] == int(SensorType.EEG)).sum() > 1]
@@ -451,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     held_where, held_scale = window_index(held_shards)
     train_where, train_scale = window_index(train_shards)
     per_rec = 4 if quick else TRAIN_EVAL_PER_RECORDING
-    held_groups = per_recording(package, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
-    train_groups = per_recording(package, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
-    hidden = hidden_channel_pcc(package, held_shards)
+    from tokenizer.package import load_package
+
+    model = load_package(package).model.eval()  # once, for every in-process measurement below
+    held_groups = per_recording(model, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
+    train_groups = per_recording(model, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
+    hidden = hidden_channel_pcc(model, held_shards)
     t_inproc = time.perf_counter() - t0
     wall = steps_wall + t_inproc if args.analyse_only else time.perf_counter() - t_start
     machine["load average at end (1/5/15 min)" if not args.analyse_only else "load average at report rebuild"] = (

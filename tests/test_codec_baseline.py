@@ -34,6 +34,18 @@ def test_never_spends_more_than_its_budget(budget) -> None:
         assert bits_used(512, budget, value_bits) <= budget
 
 
+@pytest.mark.parametrize("budget", [40, 80, 160, 333])
+def test_the_reconstruction_holds_no_more_coefficients_than_the_budget_pays_for(eeg_window, budget) -> None:
+    """Counted on the codec's output, not on its formula: a channel-window's reconstruction has at most as many
+    non-zero DCT coefficients as the cheapest value width (2 bits) could send within the budget."""
+    from scipy.fft import dct
+
+    sent = np.abs(dct(dct_codec(eeg_window, budget).astype(np.float64), norm="ortho", axis=-1)) > 1e-6
+    most = (budget - 16 - 3) // (9 + min(VALUE_BITS))
+    assert sent.sum(axis=-1).max() <= most, (sent.sum(axis=-1).max(), most)
+    assert sent.sum(axis=-1).min() >= 1
+
+
 def test_error_falls_as_the_budget_grows_and_nothing_is_sent_below_the_overhead(eeg_window) -> None:
     errors = [float(((dct_codec(eeg_window, b) - eeg_window) ** 2).mean()) for b in (40, 80, 160, 320, 1280)]
     assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False)), errors
