@@ -9,6 +9,7 @@ from test_tokenizer_model import make_batch
 
 from runkit.entry import OptionError
 from tokenizer import BrainTokenizer, TokenizerConfig
+from tokenizer.layers import balanced_routing
 from tokenizer.lightning import CONFIG_KEY, TokenizerModule, checkpoint_config
 
 
@@ -18,7 +19,7 @@ def _decoder_top_latents(model: BrainTokenizer, sensor: torch.Tensor) -> torch.T
     b, c, d = sensor.shape
     context = query.latent_ids[None].expand(b, -1, -1)
     logits = query.cross.attn.logits(query.cross.norm_q(sensor), query.cross.norm_kv(context))  # [B, H, C, N]
-    routing = model._routing(sensor)
+    routing = model._routing(sensor, torch.ones(b, c, dtype=torch.bool))
     if routing is not None:
         logits = logits + routing.transpose(-1, -2)
     return logits.argmax(dim=-1)
@@ -64,3 +65,32 @@ def test_checkpoints_record_their_config_and_old_ones_load_as_trained() -> None:
     reweighted.on_load_checkpoint(checkpoint)  # loss weights and augmentation may change on resume
     with pytest.raises(OptionError, match="decoder_routing='learned'"):
         module.on_load_checkpoint({"hyper_parameters": {"preset": "tiny", "overrides": None}})
+
+
+def test_balanced_routing_gives_every_channel_the_same_share() -> None:
+    """Sinkhorn-balanced pooling: each latent-head row is still an attention (sums to 1), every real channel
+    gets H * N / C_real of the weight, padded channels none; plain softmax routing leaves channels uneven."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 16, 10, generator=g) * 3 + torch.linspace(-2, 2, 10)  # some channels favoured
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False
+    weights = balanced_routing(logits, mask).exp()
+    assert torch.allclose(weights.sum(dim=-1), torch.ones(2, 4, 16), atol=1e-5)
+    share = weights.sum(dim=(1, 2))
+    assert torch.allclose(share[0], torch.full((10,), 6.4), rtol=0.2)
+    assert torch.allclose(share[1, :7], torch.full((7,), 64 / 7), rtol=0.2) and (share[1, 7:] == 0).all()
+    plain = logits.softmax(dim=-1).sum(dim=(1, 2))[0]
+    assert plain.max() / plain.min() > 5 and share[0].max() / share[0].min() < 1.5
+
+    # in the model: padding a window with masked channels changes neither its tokens nor its reconstruction
+    torch.manual_seed(0)
+    cfg = TokenizerConfig.from_dict({**TokenizerConfig.tiny().to_dict(), "balanced_routing": True})
+    model = BrainTokenizer(cfg).eval()
+    batch = make_batch(1, (12, 0, 0))
+    padded = {k: torch.cat([v, torch.zeros_like(v[:, :5])], dim=1) for k, v in batch.items()}
+    padded["channel_mask"][:, 12:] = False
+    with torch.no_grad():
+        model(batch)  # k-means init of the codebooks happens in training mode only; eval uses them as they are
+        a, b = model(batch), model(padded)
+    assert torch.equal(a["indices"], b["indices"])
+    assert torch.allclose(a["recon"], b["recon"][:, :12], atol=1e-5) and (b["recon"][:, 12:] == 0).all()

@@ -59,6 +59,9 @@ class TokenizerConfig(DictConfig):
     # 11.7% -> 0.1% but held-out EEG PCC 0.608 -> 0.578 in 30 min (bench/results/tokenizer_quality_maps.md), and
     # packages saved before the field existed load as they were trained.
     latent_maps: bool = False
+    # encoder pooling weights balanced over channels (Sinkhorn, `tokenizer.layers.balanced_routing`): every channel
+    # gets the same share of the latents; the decoder mirrors those weights
+    balanced_routing: bool = False
 
     # residual vector quantizer
     rvq_levels: int = 4

@@ -22,6 +22,7 @@ from tokenizer.layers import (
     FeedForward,
     LatentMaps,
     SelfAttentionBlock,
+    balanced_routing,
     init_convs_,
     orthogonal_rows,
     scatter_channels,
@@ -132,6 +133,7 @@ class ChannelCompressor(nn.Module):
             cfg.d_model, cfg.n_heads, cfg.ffn_mult, add_query=False, sharpness=8.0, separate_keys=True
         )
         self.maps = LatentMaps(cfg.n_latent, cfg.d_model) if cfg.latent_maps else None
+        self.balanced = cfg.balanced_routing
         self.mixers = nn.ModuleList(
             SelfAttentionBlock(cfg.d_model, cfg.n_heads, cfg.ffn_mult) for _ in range(cfg.n_latent_layers)
         )
@@ -141,12 +143,22 @@ class ChannelCompressor(nn.Module):
         (sensor keys only: the same in every frame, and computable from the layout alone)."""
         return self.cross.routing_logits(self.latents.expand(sensor.shape[0], -1, -1), sensor)
 
+    def routing(self, sensor: Tensor, mask: Tensor) -> Tensor:
+        """What the decoder mirrors [B, H, N_latent, C]: the routing logits, or with ``balanced_routing`` the log
+        of the balanced weights the encoder pools with (`balanced_routing`)."""
+        logits = self.routing_logits(sensor)
+        return balanced_routing(logits, mask) if self.balanced else logits
+
     def forward(self, features: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
         b, c, f, d = features.shape
         values = (features + sensor[:, :, None, :]).permute(0, 2, 1, 3).reshape(b * f, c, d)
         keys = sensor[:, None].expand(b, f, c, d).reshape(b * f, c, d)
         key_mask = mask[:, None, :].expand(b, f, c).reshape(b * f, c)
-        z = self.cross(self.latents.expand(b * f, -1, -1), values, key_mask, keys=keys)
+        weights = None
+        if self.balanced:
+            log_w = balanced_routing(self.routing_logits(sensor), mask)
+            weights = log_w.exp()[:, None].expand(b, f, *log_w.shape[1:]).reshape(b * f, *log_w.shape[1:])
+        z = self.cross(self.latents.expand(b * f, -1, -1), values, key_mask, keys=keys, weights=weights)
         if self.maps is not None:
             z = self.maps(z)
         for mixer in self.mixers:

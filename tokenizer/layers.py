@@ -26,7 +26,8 @@ class CrossAttention(nn.Module):
 
     queries: [N, Q, D]; context: [N, K, D] (values, and keys unless ``keys`` [N, K, D] is given);
     key_mask: [N, K] bool, True = attend (each row needs one True); bias: optional [N, H, Q, K] float added
-    to the attention logits (after the 1 / sqrt(head dim) scaling).
+    to the attention logits (after the 1 / sqrt(head dim) scaling); weights: optional [N, H, Q, K] attention
+    weights that replace the softmax (queries and keys are then unused).
     Returns [N, Q, D]. The output is a sum over keys, so it does not depend on the keys' order.
     """
 
@@ -64,10 +65,13 @@ class CrossAttention(nn.Module):
         key_mask: Tensor | None = None,
         keys: Tensor | None = None,
         bias: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
+        v = self._split_heads(self.to_v(context))
+        if weights is not None:  # attention weights given [N, H, Q, K]: queries and keys are not needed
+            return self.to_out((weights @ v).transpose(1, 2).flatten(2))
         q = self._heads_q(queries)
         k = self._split_heads(self.to_k(context if keys is None else keys))
-        v = self._split_heads(self.to_v(context))
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         if bias is not None:
             attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
@@ -107,11 +111,12 @@ class CrossAttentionBlock(nn.Module):
         key_mask: Tensor | None = None,
         keys: Tensor | None = None,
         bias: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         if (keys is None) != (self.norm_k is None):
             raise ValueError("CrossAttentionBlock: give keys exactly when built with separate_keys=True")
         keys = None if keys is None else self.norm_k(keys)
-        x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys, bias)
+        x = self.attn(self.norm_q(queries), self.norm_kv(context), key_mask, keys, bias, weights)
         return self.ffn(queries + x if self.add_query else x)
 
 
@@ -153,6 +158,27 @@ class LatentMaps(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.einsum("...nd,nde->...ne", x, self.weight)
+
+
+def balanced_routing(logits: Tensor, mask: Tensor, iters: int = 5) -> Tensor:
+    """Sinkhorn-balanced routing: log attention weights [B, H, N, C] from logits [B, H, N, C] and mask [B, C] bool.
+
+    Each (head, latent) row still sums to 1 over the real channels (it is an attention), and every real channel
+    receives nearly the same total weight, H * N / C_real, over all heads and latents (``iters`` alternating
+    normalisations, rows last). So no channel is left out of the tokens and none is pooled into many latents,
+    whatever the layout: plain softmax routing gave one held-out channel 7x the weight of another.
+    """
+    b, h, n, _ = logits.shape
+    real = mask[:, None, None, :]
+    # padded channels get a large finite negative logit, never -inf: a logsumexp over only -inf entries has a NaN
+    # gradient, and the decoder's rows for padded channels must stay finite
+    log_w = logits.float().masked_fill(~real, -1e4)
+    column_mass = (h * n / mask.sum(dim=1).clamp_min(1)).log()[:, None, None, None]
+    for _ in range(iters):
+        column = torch.logsumexp(log_w, dim=(1, 2), keepdim=True) - column_mass
+        log_w = log_w - column.masked_fill(~real, 0.0)
+        log_w = log_w - torch.logsumexp(log_w, dim=-1, keepdim=True)
+    return log_w
 
 
 def init_convs_(module: nn.Module, gain: float = math.sqrt(2.0)) -> None:

@@ -63,9 +63,9 @@ class BrainTokenizer(nn.Module):
         self.quantizer = RVQ(config, sync_codebook=sync_codebook)
         self.decoder = BrainDecoder(config)
 
-    def _routing(self, sensor: Tensor) -> Tensor | None:
-        """The encoder's routing logits for the decoder to mirror [B, H, N_latent, C], or None when not configured."""
-        return self.encoder.compressor.routing_logits(sensor) if self.config.decoder_routing == "mirrored" else None
+    def _routing(self, sensor: Tensor, mask: Tensor) -> Tensor | None:
+        """The encoder's routing for the decoder to mirror [B, H, N_latent, C], or None when not configured."""
+        return self.encoder.compressor.routing(sensor, mask) if self.config.decoder_routing == "mirrored" else None
 
     def _checked_mask(self, signal: Tensor, channel_mask: Tensor | None) -> Tensor:
         """Validate signal [B, C, T] and return the channel mask [B, C] (all True when None)."""
@@ -108,7 +108,7 @@ class BrainTokenizer(nn.Module):
             if self.config.input_noise_std > 0:
                 noisy = signal + self.config.input_noise_std * torch.randn_like(signal)
         quantized, indices, commitment = self.quantizer(self.encoder(noisy, sensor, visible))
-        recon = self.decoder(quantized, sensor, mask, self._routing(sensor))
+        recon = self.decoder(quantized, sensor, mask, self._routing(sensor, mask))
         loss, terms = reconstruction_losses(recon, signal, mask, commitment, self.config)
         return {"recon": recon, "indices": indices, "encoder_mask": visible, "loss": loss, "losses": terms}
 
@@ -145,4 +145,4 @@ class BrainTokenizer(nn.Module):
         differ from the encoded ones."""
         mask = default_mask(channel_mask, types)
         sensor = self.sensor_encoder(types, positions, orientations, channel_ids)
-        return self.decoder(self.quantizer.indices_to_codes(indices), sensor, mask, self._routing(sensor))
+        return self.decoder(self.quantizer.indices_to_codes(indices), sensor, mask, self._routing(sensor, mask))
