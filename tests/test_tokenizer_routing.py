@@ -35,7 +35,8 @@ def test_decoder_reads_channels_from_the_latents_that_pooled_them(routing) -> No
     batch = make_batch(2, (40, 0, 0))
     with torch.no_grad():
         sensor = model.sensor_encoder(batch["types"], batch["positions"], batch["orientations"])
-        pooled_by = model.encoder.compressor.routing_logits(sensor).argmax(dim=2)  # [B, H, C]
+        mask = torch.ones(sensor.shape[:2], dtype=torch.bool)
+        pooled_by = model.encoder.compressor.routing(sensor, mask).argmax(dim=2)  # [B, H, C], as the encoder pools
         read_from = _decoder_top_latents(model, sensor)
     agreement = float((pooled_by == read_from).float().mean())
     if routing == "mirrored":

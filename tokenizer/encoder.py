@@ -122,7 +122,9 @@ class ChannelCompressor(nn.Module):
     keys are the channels' sensor embeddings (so each latent pools its own region of the head, the same
     in every frame, and the decoder can mirror the routing), and a latent is the pooled content only:
     the query itself is not added back, so a latent carries no constant "which latent am I" vector that
-    would fill the first code level. With ``cfg.latent_maps`` each pooled latent then goes through its own
+    would fill the first code level. With ``cfg.balanced_routing`` the pooling weights are Sinkhorn-balanced
+    (`balanced_routing`): every channel gets about the same share of the latents, so none is coded by a sliver of
+    one latent while another fills several. With ``cfg.latent_maps`` each pooled latent then goes through its own
     learned map (`LatentMaps`), so latents that pooled the same content (fewer channels than latents) differ.
     """
 

@@ -166,7 +166,7 @@ def balanced_routing(logits: Tensor, mask: Tensor, iters: int = 5) -> Tensor:
     Each (head, latent) row still sums to 1 over the real channels (it is an attention), and every real channel
     receives nearly the same total weight, H * N / C_real, over all heads and latents (``iters`` alternating
     normalisations, rows last). So no channel is left out of the tokens and none is pooled into many latents,
-    whatever the layout: plain softmax routing gave one held-out channel 7x the weight of another.
+    whatever the layout (plain softmax routing over sensor keys leaves some channels far more weight than others).
     """
     b, h, n, _ = logits.shape
     real = mask[:, None, None, :]
