@@ -158,7 +158,7 @@ class ChannelCompressor(nn.Module):
         key_mask = mask[:, None, :].expand(b, f, c).reshape(b * f, c)
         weights = None
         if self.balanced:
-            log_w = balanced_routing(self.routing_logits(sensor), mask)
+            log_w = self.routing(sensor, mask)
             weights = log_w.exp()[:, None].expand(b, f, *log_w.shape[1:]).reshape(b * f, *log_w.shape[1:])
         z = self.cross(self.latents.expand(b * f, -1, -1), values, key_mask, keys=keys, weights=weights)
         if self.maps is not None:
