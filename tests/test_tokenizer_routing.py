@@ -91,7 +91,6 @@ def test_balanced_routing_gives_every_channel_the_same_share() -> None:
     padded = {k: torch.cat([v, torch.zeros_like(v[:, :5])], dim=1) for k, v in batch.items()}
     padded["channel_mask"][:, 12:] = False
     with torch.no_grad():
-        model(batch)  # k-means init of the codebooks happens in training mode only; eval uses them as they are
         a, b = model(batch), model(padded)
     assert torch.equal(a["indices"], b["indices"])
     assert torch.allclose(a["recon"], b["recon"][:, :12], atol=1e-5) and (b["recon"][:, 12:] == 0).all()
