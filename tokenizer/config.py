@@ -87,6 +87,10 @@ class TokenizerConfig(DictConfig):
     # share of training samples whose positions are all hidden, so that identities from channel names
     # (used for channels without positions) are learned on every kind of recording
     position_dropout: float = 0.2
+    # share of training samples whose EEG positions are replaced by the ones the data stage infers from the signal
+    # when a recording has none (`data.signal_positions`, MDS of the window's channel correlations): the layouts the
+    # model meets on such recordings at inference are then no longer unlike every training layout. 0 = off
+    signal_position_prob: float = 0.0
 
     # losses: log(|X| + floor) on the orthonormal rfft, and the weights of the total
     log_amp_floor: float = 0.1
@@ -110,6 +114,8 @@ class TokenizerConfig(DictConfig):
             raise ValueError(f"TokenizerConfig: stft_n_fft {self.stft_n_fft} is shorter than hop {self.hop}")
         if not 0.0 <= self.position_dropout <= 1.0:
             raise ValueError(f"TokenizerConfig: position_dropout {self.position_dropout} must be in [0, 1]")
+        if not 0.0 <= self.signal_position_prob <= 1.0:
+            raise ValueError(f"TokenizerConfig: signal_position_prob {self.signal_position_prob} must be in [0, 1]")
         if self.decoder_routing not in ("learned", "mirrored"):
             raise ValueError(f"TokenizerConfig: decoder_routing {self.decoder_routing!r} must be 'learned' or 'mirrored'")
         if self.rms_floor <= 0:

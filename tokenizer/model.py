@@ -17,8 +17,12 @@ trains without it and rebuilds hidden channels about as well (measured: see `Tok
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from data.sensors import SensorType
+from data.signal_positions import positions_from_signal
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.decoder import BrainDecoder
@@ -46,6 +50,24 @@ def sample_position_dropout(positions: Tensor, fraction: float, generator: torch
     """Hide every position (NaN) of a random ``fraction`` of the samples: positions [B, C, 3] -> [B, C, 3]."""
     hide = torch.rand(positions.shape[0], device=positions.device, generator=generator) < fraction
     return torch.where(hide[:, None, None], torch.full_like(positions, float("nan")), positions)
+
+
+def sample_signal_positions(
+    signal: Tensor, positions: Tensor, types: Tensor, mask: Tensor, fraction: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """For a random ``fraction`` of the samples, replace the EEG positions by the ones placed from the signal alone
+    (`data.signal_positions.positions_from_signal` with every EEG position hidden, as for a recording without a
+    montage). signal [B, C, T], positions [B, C, 3] metres, types [B, C], mask [B, C] -> positions [B, C, 3]."""
+    chosen = torch.rand(positions.shape[0], generator=generator) < fraction
+    eeg = (types == SensorType.EEG) & mask
+    out = positions.clone()
+    for b in (chosen & (eeg.sum(dim=1) >= 3).cpu()).nonzero().flatten().tolist():
+        rows = eeg[b]
+        x = signal[b, rows].detach().float().cpu().numpy()
+        placed, rules = positions_from_signal(x, np.full((len(x), 3), np.nan), np.ones(len(x), dtype=bool))
+        if all(rules):
+            out[b, rows] = torch.from_numpy(placed).to(out)
+    return out
 
 
 class BrainTokenizer(nn.Module):
@@ -98,6 +120,10 @@ class BrainTokenizer(nn.Module):
         signal = batch["signal"].float()
         mask = self._checked_mask(signal, batch.get("channel_mask"))
         positions = batch["positions"]
+        if self.training and self.config.signal_position_prob > 0:
+            positions = sample_signal_positions(
+                signal, positions.float(), batch["types"], mask, self.config.signal_position_prob
+            )
         if self.training and self.config.position_dropout > 0:
             positions = sample_position_dropout(positions.float(), self.config.position_dropout)
         sensor = self.sensor_encoder(batch["types"], positions, batch["orientations"], batch.get("channel_ids"))
