@@ -141,3 +141,26 @@ def test_tiny_fits_real_windows_without_positions_and_keeps_channels_apart(eeg_b
 
 
 STEPS_LR = (400, 1e-2)
+
+
+def test_signal_position_augmentation_places_eeg_as_inference_does(eeg_batch) -> None:
+    """A sample chosen for ``signal_position_prob`` gets exactly the positions the data stage would infer for a
+    recording without a montage (MDS of the window's correlations, on the 0.095 m sphere); others keep theirs."""
+    from data.signal_positions import MDS_RADIUS_M, positions_from_signal
+    from tokenizer.model import sample_signal_positions
+
+    signal, positions, types = eeg_batch["signal"], eeg_batch["positions"].float(), eeg_batch["types"]
+    mask = torch.ones(types.shape, dtype=torch.bool)
+    mask[1, -4:] = False  # padding in the second window
+    assert torch.equal(sample_signal_positions(signal, positions, types, mask, 0.0), positions)
+    placed = sample_signal_positions(signal, positions, types, mask, 1.0)
+    expected, rules = positions_from_signal(
+        signal[0].numpy(), np.full((N_CHANNELS, 3), np.nan), np.ones(N_CHANNELS, dtype=bool)
+    )
+    assert set(rules) == {"signal:mds"}
+    np.testing.assert_allclose(placed[0].numpy(), expected, atol=1e-6)
+    assert not torch.allclose(placed[0], positions[0])
+    np.testing.assert_allclose(placed[1, :-4].norm(dim=-1).numpy(), MDS_RADIUS_M, rtol=1e-5)
+    assert torch.equal(placed[1, -4:], positions[1, -4:])  # padded channels are left alone
+    with pytest.raises(ValueError, match="signal_position_prob"):
+        TokenizerConfig(signal_position_prob=1.5)
