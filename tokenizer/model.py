@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from data.sensors import SensorType
 from data.signal_positions import positions_from_signal
-
 from tokenizer.config import TokenizerConfig
 from tokenizer.decoder import BrainDecoder
 from tokenizer.encoder import BrainEncoder
