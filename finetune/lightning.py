@@ -78,6 +78,8 @@ class FinetuneDataModule(L.LightningDataModule):
             N(0, offset_augment^2) in scaled units (the per-type robust scale), for robustness to DC shifts between
             sessions; 0 = off. Every arm gets it (baselines too). On SCP1 it helps EEGNet and costs the foundation
             arms: bench/results/finetune_ablation_offset.md.
+        recentre: each split's items get that split's own per-channel median removed (`finetune.tasks.base.recentred`:
+            unsupervised, per session when the data gives the split; transductive), every arm alike.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class FinetuneDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_channels: int | None = None,
         offset_augment: float = 0.0,
+        recentre: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -114,6 +117,10 @@ class FinetuneDataModule(L.LightningDataModule):
                              "chosen on it, so give more data or a larger --data.val_fraction")
         self.task, self.splits = task, splits
         self.subsets = {k: [task.items[i] for i in splits[k]] for k in ("train", "val", "test")}
+        if hp.recentre:
+            from finetune.tasks.base import recentred
+
+            self.subsets = {k: recentred(v) for k, v in self.subsets.items()}
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.is_global_zero and trainer.default_root_dir:
             write_splits(splits, task, Path(trainer.default_root_dir))

@@ -145,3 +145,23 @@ def test_ablation_arms_share_data_seed_and_budget(tmp_path):
     assert "beats by more than 1 std" in lines[0] and "below EEGNet" in lines[1]
     with pytest.raises(SystemExit):
         fa.parse_variants(["no equals sign"])
+
+
+def test_recentre_removes_each_splits_own_channel_median_and_keeps_item_differences():
+    """``--data.recentre``: within every split of the real demo task, the items of each recording (one channel set)
+    end with per-channel median 0 over them, and the differences between two of its items are untouched."""
+    plain = FinetuneDataModule(str(DEMO_TASK), batch_size=4)
+    plain.setup("fit")
+    dm = FinetuneDataModule(str(DEMO_TASK), batch_size=4, recentre=True)
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        before, after = plain.subsets[split], dm.subsets[split]
+        assert len(after) == len(before) > 0
+        same = [i for i, it in enumerate(after) if tuple(it["channels"]) == tuple(after[0]["channels"])]
+        joined = np.concatenate([after[i]["signal"] for i in same], axis=1)
+        np.testing.assert_allclose(np.median(joined, axis=1), 0, atol=1e-5)
+        shift = before[0]["signal"] - after[0]["signal"]
+        assert np.abs(shift).max() > 0 and np.allclose(shift, shift[:, :1], atol=1e-3)  # one constant per channel
+        for i in same[1:]:
+            np.testing.assert_allclose(before[i]["signal"] - after[i]["signal"], shift[:, :1] + 0 * before[i]["signal"],
+                                       atol=1e-3)

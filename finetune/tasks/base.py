@@ -178,3 +178,25 @@ def check_classes(labels: Sequence[str], where: str) -> None:
             f"{where}: only one class ({present[0] if present else 'none'!s}) in {len(labels)} labelled items; "
             f"a classifier needs at least two"
         )
+
+
+def recentred(items: list[dict]) -> list[dict]:
+    """The items with their own per-channel median removed: items [N] of ``signal`` [C, T] -> new item dicts.
+
+    The median runs over every item of ``items`` with the same channel names (or count, without names) and over
+    time; no label is read. Applied to each split on its own (``--data.recentre``), it removes the channel offsets a
+    session shares, the unsupervised re-centring BCI pipelines apply per session, while keeping every difference
+    between the items of one split. It is transductive: a model trained this way needs the same re-centring of
+    the data it predicts on (a session's median), which a single served window does not give.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        names = it.get("channels")
+        groups.setdefault(tuple(names) if names is not None else (np.shape(it["signal"])[0],), []).append(i)
+    out = list(items)
+    for idx in groups.values():
+        signals = [np.asarray(items[i]["signal"], dtype=np.float32) for i in idx]
+        median = np.median(np.concatenate(signals, axis=1), axis=1)[:, None]  # items may differ in length
+        for i, signal in zip(idx, signals, strict=True):
+            out[i] = {**items[i], "signal": signal - median}
+    return out
