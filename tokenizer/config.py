@@ -176,6 +176,11 @@ class TokenizerConfig(DictConfig):
             # 0.860 -> 0.654, MEG PCC 0.418 -> 0.474, but the reconstruction's channel-to-channel correlation gap
             # 0.118 -> 0.220 (bench/results/tokenizer_quality_balanced.md); at 1,500 steps 0.493 / 0.489 -> 0.574 / 0.544
             balanced_routing=True,
+            # a third of the training samples see their EEG placed from the signal, as recordings without a montage
+            # are: 30 min of bench/tokenizer_quality.py, held-out EEG PCC 0.642 -> 0.706 (without a position 0.640 ->
+            # 0.705, with one 0.792 -> 0.842), NMSE 0.654 -> 0.550, ch-ch gap 0.220 -> 0.128, MEG 0.474 -> 0.494
+            # (bench/results/tokenizer_quality_sigpos.md)
+            signal_position_prob=0.3,
         )
 
     @classmethod
