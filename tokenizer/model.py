@@ -64,13 +64,13 @@ def sample_signal_positions(
     chosen = torch.rand(positions.shape[0], generator=generator) < fraction
     eeg = (types == SensorType.EEG) & mask
     out = positions.clone()
-    for b in (chosen & (eeg.sum(dim=1) >= 3).cpu()).nonzero().flatten().tolist():
-        rows = eeg[b]
-        x = signal[b, rows].detach().float().cpu().numpy()
-        with threadpool_limits(1):
+    with threadpool_limits(1):
+        for b in (chosen & (eeg.sum(dim=1) >= 3).cpu()).nonzero().flatten().tolist():
+            rows = eeg[b]
+            x = signal[b, rows].detach().float().cpu().numpy()
             placed, rules = positions_from_signal(x, np.full((len(x), 3), np.nan), np.ones(len(x), dtype=bool))
-        if all(rules):
-            out[b, rows] = torch.from_numpy(placed).to(out)
+            if all(rules):
+                out[b, rows] = torch.from_numpy(placed).to(out)
     return out
 
 
@@ -113,8 +113,9 @@ class BrainTokenizer(nn.Module):
         0 = none) and ``channel_mask`` [B, C] bool.
         In training mode, with ``channel_dropout``, a fresh random ``config.channel_dropout`` share of each
         sample's real channels is hidden from the encoder, Gaussian noise of std ``input_noise_std`` is
-        added to the encoder input, and a ``config.position_dropout`` share of the samples lose all their
-        positions (encoder and decoder then tell channels apart by name identity); all real channels are
+        added to the encoder input, a ``config.signal_position_prob`` share of the samples get the EEG positions
+        inferred from their signal (`sample_signal_positions`), and a ``config.position_dropout`` share lose all
+        their positions (encoder and decoder then tell channels apart by name identity); all real channels are
         reconstructed and scored.
 
         Returns ``recon`` [B, C, T] (float32, or the autocast dtype), ``indices`` [B, N_latent, F, L] int64,
