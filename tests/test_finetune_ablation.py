@@ -163,5 +163,5 @@ def test_recentre_removes_each_splits_own_channel_median_and_keeps_item_differen
         shift = before[0]["signal"] - after[0]["signal"]
         assert np.abs(shift).max() > 0 and np.allclose(shift, shift[:, :1], atol=1e-3)  # one constant per channel
         for i in same[1:]:
-            np.testing.assert_allclose(before[i]["signal"] - after[i]["signal"], shift[:, :1] + 0 * before[i]["signal"],
-                                       atol=1e-3)
+            moved = before[i]["signal"] - after[i]["signal"]
+            np.testing.assert_allclose(moved, np.broadcast_to(shift[:, :1], moved.shape), atol=1e-3)
