@@ -11,7 +11,10 @@ K codebook size, D model width.
 * blocks: x + SpatialAttn(RMSNorm x) over N (per frame), x + TemporalAttn(RMSNorm x) over T (per latent,
   RoPE over time, padding frames excluded as keys), x + SwiGLU(RMSNorm x). All attention goes through
   ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
-* heads: one linear layer to L x K logits, evaluated only at the positions asked for.
+* heads: one linear layer to L x K logits (``head="linear"``), or, with ``head="codebook"``, one linear map per
+  level into codebook space scored against that level's frozen codebook vectors plus a per-code bias (`CodebookHead`:
+  the output side of the ``codebook`` embedding, so a hidden state that carries a visible neighbour's latent already
+  scores that neighbour's codes). Evaluated only at the positions asked for.
 """
 
 from __future__ import annotations
@@ -44,12 +47,17 @@ class BackboneConfig(DictConfig):
     codebook_size: int = 1024
     codebook_dim: int = 128
     regression_head: bool = False  # a head that predicts masked positions' codebook-space latents (see `regress`)
+    head: str = "linear"  # "linear" (D -> L x K) | "codebook" (scored against the frozen codebooks, `CodebookHead`)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"BackboneConfig: d_model {self.d_model} / n_heads {self.n_heads} must be an even head width")
         if self.embedding not in ("codebook", "learned"):
             raise ValueError(f"BackboneConfig: embedding {self.embedding!r} must be 'codebook' or 'learned'")
+        if self.head not in ("linear", "codebook"):
+            raise ValueError(f"BackboneConfig: head {self.head!r} must be 'linear' or 'codebook'")
+        if self.head == "codebook" and self.embedding != "codebook":
+            raise ValueError("BackboneConfig: head 'codebook' needs embedding 'codebook' (it scores the frozen codebooks)")
 
     @property
     def ffn_hidden(self) -> int:
@@ -158,6 +166,27 @@ class FactorisedBlock(nn.Module):
         return x + self.ffn(self.norm_f(x))
 
 
+class CodebookHead(nn.Module):
+    """Logits tied to the frozen RVQ codebooks: ``logits[l, k] = <W_l h, c_lk> / rms_l + b_lk``.
+
+    ``weight`` [L x codebook_dim, D] (W_l stacked) and ``bias`` [L x K] carry the same names and zero/unigram
+    initialisation as the linear head (`MaskedTokenModel.init_head_prior`). ``rms_l`` is level l's RMS codevector
+    norm, so that the residual levels' small vectors start on the same logit scale as level 0's."""
+
+    def __init__(self, d: int, levels: int, codebook_size: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.levels, self.codebook_dim = levels, codebook_dim
+        self.weight = nn.Parameter(torch.randn(levels * codebook_dim, d) * d**-0.5)
+        self.bias = nn.Parameter(torch.zeros(levels * codebook_size))
+
+    def forward(self, hidden: Tensor, codebooks: Tensor) -> Tensor:
+        """hidden [..., D], codebooks [L, K, codebook_dim] -> logits [..., L, K]."""
+        query = F.linear(hidden, self.weight).unflatten(-1, (self.levels, self.codebook_dim))  # [..., L, cd]
+        rms = codebooks.float().pow(2).sum(-1).mean(-1).clamp_min(1e-12).sqrt()  # [L]
+        scores = torch.einsum("...lc,lkc->...lk", query, codebooks.to(query.dtype)) / rms.to(query.dtype)[:, None]
+        return scores + self.bias.view(self.levels, -1)
+
+
 class MaskedTokenModel(nn.Module):
     """Backbone + per-level heads. ``codebooks`` [L, K, codebook_dim] (frozen) for ``codebook`` mode."""
 
@@ -180,7 +209,10 @@ class MaskedTokenModel(nn.Module):
         self.latent_embed = nn.Parameter(torch.randn(cfg.n_latent, d) * 0.02)
         self.blocks = nn.ModuleList(FactorisedBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
-        self.head = nn.Linear(d, L_ * K)
+        if cfg.head == "codebook":
+            self.head = CodebookHead(d, L_, K, cfg.codebook_dim)
+        else:
+            self.head = nn.Linear(d, L_ * K)
         if cfg.regression_head:
             if cfg.embedding != "codebook":
                 raise ValueError("BackboneConfig: regression_head needs embedding 'codebook' (its targets are codebook vectors)")
@@ -230,6 +262,8 @@ class MaskedTokenModel(nn.Module):
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., D] -> logits [..., L, K]."""
+        if self.config.head == "codebook":
+            return self.head(hidden, self.codebooks)
         return self.head(hidden).unflatten(-1, (self.config.rvq_levels, self.config.codebook_size))
 
     def forward(self, indices: Tensor, mask: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -52,6 +52,26 @@ def test_shapes_and_finite_loss(embedding):
         assert not model.codebooks.requires_grad
 
 
+def test_codebook_head_scores_the_code_whose_vector_the_hidden_state_carries():
+    """``head="codebook"``: with W_l the identity, a hidden state equal to code k's vector of level l scores k
+    highest at that level (the tie to the frozen codebooks), for every level and code; the unigram start holds."""
+    torch.manual_seed(0)
+    cfg = build_config("tiny", {"head": "codebook", "d_model": 8, "n_heads": 2}, **SIZES)
+    codebooks = torch.nn.functional.normalize(torch.randn(4, 64, 8), dim=-1) * torch.tensor([1.0, 0.5, 0.2, 0.1])[:, None, None]
+    model = MaskedTokenModel(cfg, codebooks)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.eye(8).repeat(4, 1))
+    for level in range(4):
+        logits = model.logits(codebooks[level])  # [64 codes as hidden states, L, K]
+        assert torch.equal(logits[:, level].argmax(-1), torch.arange(64))
+    counts = torch.randint(1, 50, (4, 64))
+    model.init_head_prior(counts)
+    start = model.logits(torch.randn(5, 8)).log_softmax(-1)
+    torch.testing.assert_close(start, (((counts + 1) / (counts.sum(1, keepdim=True) + 64)).log().float()).expand(5, 4, 64))
+    with pytest.raises(ValueError, match="head 'codebook' needs embedding 'codebook'"):
+        build_config("tiny", {"head": "codebook", "embedding": "learned"}, **SIZES)
+
+
 def test_mask_is_fresh_per_sample_half_of_valid_positions_never_padding():
     valid = torch.ones(6, 20, dtype=torch.bool)
     valid[5, 12:] = False
