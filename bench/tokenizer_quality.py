@@ -283,6 +283,43 @@ def hidden_channel_pcc(model, shards: Path, shares: tuple[float, ...] = (0.25, 0
     return out
 
 
+def position_swap_pcc(model, shards: Path, indices: list[int]) -> dict[str, dict]:
+    """On EEG channels whose position was read from the file or found by a label rule: PCC with those positions,
+    with every EEG position of the window replaced by what `data.signal_positions` places from the window's own
+    signal (MDS, as for a recording without a montage), and with none -> {"true"|"signal"|"none": {"pcc", "n"}}.
+
+    Paired on the same channel-windows, so it separates what a position is worth from how hard a recording is
+    (the held-out channels with and without a position come from different recordings at different bits per
+    channel-second)."""
+    import numpy as np
+
+    from data.dataset import WindowCollator, window_dataset
+    from data.sensors import SensorType
+    from data.signal_positions import positions_from_signal
+    from tokenizer.losses import pearson
+
+    ds, collate = window_dataset(shards), WindowCollator(max_channels=None)
+    pcc: dict[str, list[float]] = {"true": [], "signal": [], "none": []}
+    for i in indices:
+        batch = collate([ds[i]])
+        eeg = (batch["channel_mask"] & (batch["types"] == int(SensorType.EEG)))[0]
+        known = eeg & torch.isfinite(batch["positions"][0]).all(-1) & ~batch["position_inferred"][0]
+        if int(known.sum()) < 3:
+            continue
+        x = batch["signal"][0, eeg].numpy()
+        placed, _ = positions_from_signal(x, np.full((len(x), 3), np.nan), np.ones(len(x), dtype=bool))
+        for name, eeg_positions in (("true", None), ("signal", torch.as_tensor(placed, dtype=torch.float32)),
+                                    ("none", torch.full((int(eeg.sum()), 3), float("nan")))):
+            positions = batch["positions"].clone()
+            if eeg_positions is not None:
+                positions[0, eeg] = eeg_positions
+            geo = (batch["types"], positions, batch["orientations"], batch["channel_mask"], batch["channel_ids"])
+            with torch.no_grad():
+                recon = model.decode(model.encode(batch["signal"], *geo), *geo)
+            pcc[name] += pearson(recon, batch["signal"].float())[0, known].tolist()
+    return {k: {"pcc": sum(v) / len(v) if v else float("nan"), "n": len(v)} for k, v in pcc.items()}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Report pieces
 
@@ -453,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     held_groups = per_recording(model, held_shards, sorted(i for v in held_where.values() for i in spread(v, 8 if quick else None)))
     train_groups = per_recording(model, train_shards, sorted(i for v in train_where.values() for i in spread(v, per_rec)))
     hidden = hidden_channel_pcc(model, held_shards)
+    swap = {"held-out": position_swap_pcc(model, held_shards, sorted(i for v in held_where.values() for i in v)),
+            "training (4 windows per recording)": position_swap_pcc(model, train_shards, sorted(
+                i for v in train_where.values() for i in spread(v, 4)))}
     t_inproc = time.perf_counter() - t0
     wall = steps_wall + t_inproc if args.analyse_only else time.perf_counter() - t_start
     machine["load average at end (1/5/15 min)" if not args.analyse_only else "load average at report rebuild"] = (
@@ -651,6 +691,15 @@ def main(argv: list[str] | None = None) -> int:
          "PCC of the channels the encoder saw and of the hidden ones (predicted from their sensor embedding alone):\n\n"
          + _common.table(["hidden share", "PCC seen channels", "PCC hidden channels", "hidden channel-windows"],
                          [[f"{share:.0%}", fmt(v["visible"]), fmt(v["hidden"]), v["n_hidden"]] for share, v in hidden.items()])),
+        ("What a position is worth (same channel-windows)",
+         "EEG channels with a position from the file or a label rule, decoded with those positions, with every EEG "
+         "position of the window replaced by the placement `data.signal_positions` infers from the window's signal "
+         "(MDS, what a montage-less recording gets), and with no position at all. Paired, so it separates the worth "
+         "of a position from how hard a recording is: the aim rows 'with / without a position' compare different "
+         "recordings at different bits per channel-second.\n\n"
+         + _common.table(["windows", "PCC true positions", "PCC signal-placed", "PCC no position", "channel-windows"],
+                         [[side, fmt(v["true"]["pcc"]), fmt(v["signal"]["pcc"]), fmt(v["none"]["pcc"]), v["true"]["n"]]
+                          for side, v in swap.items()])),
         ("The trivial baseline: a transform codec at the same bits",
          "`bench/_codec_baseline.py`: every channel-window coded on its own by the K largest coefficients of its DCT "
          "(index + a 2-7 bit value each, a 16-bit scale, the encoder's choice of value bits), with K set so that the "
