@@ -79,6 +79,13 @@ def split_recordings(keep_task_recordings: bool) -> tuple[list[Path], list[Path]
     return train, held, {r: w for r, w in held_out.items() if r in found}, {r: w for r, w in EXCLUDED.items() if r in found}
 
 
+def few_channel_recordings(shards: Path, min_channels: int) -> set[Path]:
+    """Recordings of a shard set with fewer than ``min_channels`` EEG/MEG channels (resolved paths)."""
+    manifest = json.loads((shards / "manifest.json").read_text())
+    return {(ROOT / r["path"]).resolve() for r in manifest["recordings"]
+            if sum(r["channels"].get(k, 0) for k in ("eeg", "mag", "grad")) < min_channels}
+
+
 def last_val_metrics(metrics_csv: Path) -> dict[str, float]:
     import csv
 
@@ -105,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="pretraining segments per step (default 8)")
     p.add_argument("--keep-task-recordings", action="store_true",
                    help="pretrain on the recordings the ablation fine-tunes on too (default: held out)")
+    p.add_argument("--min-channels", type=int, default=1,
+                   help="train only on recordings with at least N EEG/MEG channels (default 1: all). A 1-channel "
+                        "recording gives 16 latents of one channel, whose codes a masked model copies across the frame")
     p.add_argument("--quick", action="store_true", help="smoke run: 5 steps of each model, backbone preset `tiny`")
     a = p.parse_args(argv)
     q = a.quick
@@ -122,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     train, held, held_why, excluded = split_recordings(a.keep_task_recordings)
     shards_train, shards_held = out / "shards_train", out / "shards_heldout"
     Step("prepare training recordings", ["-m", "data", "prepare", *map(rel, train), "--out", rel(shards_train), "--overwrite", "--quiet"], log)
+    few = few_channel_recordings(shards_train, a.min_channels)
+    if few:
+        excluded.update({os.path.relpath(p, RECORDINGS.resolve()): f"fewer than {a.min_channels} EEG/MEG channels (--min-channels)" for p in few})
+        train = [p for p in train if p.resolve() not in few]
+        Step(f"prepare training recordings with >= {a.min_channels} channels",
+             ["-m", "data", "prepare", *map(rel, train), "--out", rel(shards_train), "--overwrite", "--quiet"], log)
     Step("prepare held-out recordings", ["-m", "data", "prepare", *map(rel, held), "--out", rel(shards_held), "--overwrite", "--quiet"], log)
 
     if a.tokenizer_package:
