@@ -79,11 +79,11 @@ def split_recordings(keep_task_recordings: bool) -> tuple[list[Path], list[Path]
     return train, held, {r: w for r, w in held_out.items() if r in found}, {r: w for r, w in EXCLUDED.items() if r in found}
 
 
-def few_channel_recordings(shards: Path, min_channels: int) -> set[Path]:
-    """Recordings of a shard set with fewer than ``min_channels`` EEG/MEG channels (resolved paths)."""
+def split_by_channels(shards: Path, min_channels: int) -> tuple[set[Path], set[Path]]:
+    """Recordings of a shard set (resolved paths) with at least / fewer than ``min_channels`` EEG/MEG channels."""
     manifest = json.loads((shards / "manifest.json").read_text())
-    return {(ROOT / r["path"]).resolve() for r in manifest["recordings"]
-            if sum(r["channels"].get(k, 0) for k in ("eeg", "mag", "grad")) < min_channels}
+    n = {(ROOT / r["path"]).resolve(): sum(r["channels"].get(k, 0) for k in ("eeg", "mag", "grad")) for r in manifest["recordings"]}
+    return {p for p, c in n.items() if c >= min_channels}, {p for p, c in n.items() if c < min_channels}
 
 
 def last_val_metrics(metrics_csv: Path) -> dict[str, float]:
@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     train, held, held_why, excluded = split_recordings(a.keep_task_recordings)
     shards_train, shards_held = out / "shards_train", out / "shards_heldout"
     Step("prepare training recordings", ["-m", "data", "prepare", *map(rel, train), "--out", rel(shards_train), "--overwrite", "--quiet"], log)
-    few = few_channel_recordings(shards_train, a.min_channels)
+    enough, few = split_by_channels(shards_train, a.min_channels)
     if few:
         excluded.update({os.path.relpath(p, RECORDINGS.resolve()): f"fewer than {a.min_channels} EEG/MEG channels (--min-channels)" for p in few})
-        train = [p for p in train if p.resolve() not in few]
+        if not enough:
+            raise SystemExit(f"--min-channels {a.min_channels}: no training recording has that many EEG/MEG channels")
+        train = [p for p in train if p.resolve() in enough]
         Step(f"prepare training recordings with >= {a.min_channels} channels",
              ["-m", "data", "prepare", *map(rel, train), "--out", rel(shards_train), "--overwrite", "--quiet"], log)
     Step("prepare held-out recordings", ["-m", "data", "prepare", *map(rel, held), "--out", rel(shards_held), "--overwrite", "--quiet"], log)
