@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import _common  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,20 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     ds = window_dataset(a.shards)
     batch = WindowCollator(max_channels=None)([ds[i] for i in range(min(a.batch, len(ds)))])
     geo = (batch["types"], batch["positions"], batch["orientations"], batch["channel_mask"], batch["channel_ids"])
-    models = [load_package(pkg).model.eval() for pkg in a.packages]
-    times: list[list[float]] = [[] for _ in models]
+    models = {pkg: load_package(pkg).model.eval() for pkg in a.packages}
+
+    def encode(model):
+        return lambda: model.encode(batch["signal"], *geo)
+
     with torch.no_grad():
-        for m in models:  # warm-up
-            m.encode(batch["signal"], *geo)
-        for _ in range(a.repeats):
-            for m, t in zip(models, times, strict=True):
-                t0 = time.perf_counter()
-                m.encode(batch["signal"], *geo)
-                t.append(time.perf_counter() - t0)
-    channel_s = float(batch["channel_mask"].sum()) * batch["signal"].shape[-1] / models[0].config.sfreq
-    ref = statistics.median(times[0])
+        times = _common.interleaved({pkg: encode(m) for pkg, m in models.items()}, a.repeats)
+    channel_s = float(batch["channel_mask"].sum()) * batch["signal"].shape[-1] / models[a.packages[0]].config.sfreq
+    ref = statistics.median(times[a.packages[0]])
     print(f"{len(batch['signal'])} windows, {int(batch['channel_mask'].sum())} channel-windows, {torch.get_num_threads()} threads")
-    for pkg, t in zip(a.packages, times, strict=True):
+    for pkg, t in times.items():
         med = statistics.median(t)
         print(f"{pkg}: median {med * 1000:.0f} ms, {channel_s / med:,.0f} channel-seconds/s, {med / ref:.2f}x the first's time")
     return 0
