@@ -95,6 +95,9 @@ class BrainDecoder(nn.Module):
         self.query = SensorQueryDecoder(cfg)
         self.waveform = WaveformDecoder(cfg)
 
-    def forward(self, latents: Tensor, sensor: Tensor, mask: Tensor, routing: Tensor | None = None) -> Tensor:
-        frames = self.query(latents, sensor, routing)
+    def synthesize(self, frames: Tensor, mask: Tensor) -> Tensor:
+        """Per-channel frames [B, C, F, D] -> signal [B, C, F * hop], synthesised where mask [B, C] is True."""
         return scatter_channels(self.waveform(frames[mask]), mask)
+
+    def forward(self, latents: Tensor, sensor: Tensor, mask: Tensor, routing: Tensor | None = None) -> Tensor:
+        return self.synthesize(self.query(latents, sensor, routing), mask)

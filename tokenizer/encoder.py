@@ -180,6 +180,9 @@ class BrainEncoder(nn.Module):
         self.channel_encoder = ChannelEncoder(cfg)
         self.compressor = ChannelCompressor(cfg)
 
+    def compress(self, features: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
+        """Per-channel features [M, F, D] of the M channels where mask [B, C] is True -> latents [B, N_latent, F, D]."""
+        return self.compressor(scatter_channels(features, mask), sensor, mask)
+
     def forward(self, signal: Tensor, sensor: Tensor, mask: Tensor) -> Tensor:
-        features = scatter_channels(self.channel_encoder(signal[mask]), mask)
-        return self.compressor(features, sensor, mask)
+        return self.compress(self.channel_encoder(signal[mask]), sensor, mask)

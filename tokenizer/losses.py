@@ -126,3 +126,24 @@ def reconstruction_losses(
     }
     total = sum(weights[name] * value for name, value in terms.items())
     return total, terms
+
+
+def feature_path_losses(
+    direct: Tensor, frames: Tensor, features: Tensor, target: Tensor, visible: Tensor, cfg: TokenizerConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Dense supervision for the pooled path, from the per-channel one.
+
+    direct: [B, C, T] the waveform decoder applied to the encoder's own per-channel features (no pooling, no
+    quantizer); frames: [M, F, D] the decoder's per-channel frames rebuilt from the tokens and features [M, F, D]
+    the encoder's, for the M channels the encoder saw (``visible`` [B, C] bool); target [B, C, T].
+
+    Returns (cfg.weight_direct x the reconstruction loss of ``direct`` + cfg.weight_match x the MSE of the rebuilt
+    frames to the (detached) features over their variance, {"direct", "match"}). Without them the attention layers
+    that pool channels into latents and read them back learn only through the waveform, and slowly: 1,500 steps of
+    ``small`` reach held-out EEG PCC 0.56, with them 0.70 (bench/results/tokenizer_quality_feature_path.md).
+    """
+    direct_total, _ = reconstruction_losses(direct, target, visible, direct.new_zeros(()), cfg)
+    goal = features.detach().float()
+    match = (frames.float() - goal).square().mean() / goal.var().clamp_min(1e-6)
+    total = cfg.weight_direct * direct_total + cfg.weight_match * match
+    return total, {"direct": direct_total.detach(), "match": match.detach()}

@@ -27,8 +27,8 @@ from data.signal_positions import positions_from_signal
 from tokenizer.config import TokenizerConfig
 from tokenizer.decoder import BrainDecoder
 from tokenizer.encoder import BrainEncoder
-from tokenizer.layers import default_mask
-from tokenizer.losses import reconstruction_losses
+from tokenizer.layers import default_mask, scatter_channels
+from tokenizer.losses import feature_path_losses, reconstruction_losses
 from tokenizer.quantizer import RVQ
 from tokenizer.sensor_encoder import SensorEncoder
 
@@ -140,9 +140,15 @@ class BrainTokenizer(nn.Module):
                 visible = sample_channel_dropout(mask, self.config.channel_dropout)
             if self.config.input_noise_std > 0:
                 noisy = signal + self.config.input_noise_std * torch.randn_like(signal)
-        quantized, indices, commitment = self.quantizer(self.encoder(noisy, sensor, visible))
-        recon = self.decoder(quantized, sensor, mask, self._routing(sensor, mask))
+        features = self.encoder.channel_encoder(noisy[visible])  # [M, F, D] for the visible channels
+        quantized, indices, commitment = self.quantizer(self.encoder.compress(features, sensor, visible))
+        frames = self.decoder.query(quantized, sensor, self._routing(sensor, mask))  # [B, C, F, D]
+        recon = self.decoder.synthesize(frames, mask)
         loss, terms = reconstruction_losses(recon, signal, mask, commitment, self.config)
+        if self.config.weight_direct > 0 or self.config.weight_match > 0:
+            direct = self.decoder.synthesize(scatter_channels(features, visible), visible)
+            extra, extra_terms = feature_path_losses(direct, frames[visible], features, signal, visible, self.config)
+            loss, terms = loss + extra, {**terms, **extra_terms}
         return {"recon": recon, "indices": indices, "encoder_mask": visible, "loss": loss, "losses": terms}
 
     def encode(
