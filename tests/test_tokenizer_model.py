@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,7 +22,7 @@ from tokenizer import (
     save_package,
     unit_circle_phase_loss,
 )
-from tokenizer.losses import reconstruction_losses
+from tokenizer.losses import feature_path_losses, reconstruction_losses
 
 CFG = TokenizerConfig.tiny()
 T = CFG.window_samples
@@ -212,6 +213,30 @@ def test_losses_masked_and_finite() -> None:
         assert torch.isfinite(v) and v.abs() < 1e-4
     total, _ = reconstruction_losses(torch.zeros_like(target), target, mask, torch.tensor(0.0), CFG)
     assert torch.isfinite(total) and total > 1
+
+
+def test_feature_path_losses_vanish_when_each_path_is_exact() -> None:
+    cfg = TokenizerConfig.small()
+    target = make_signal(2, 4)
+    visible = torch.tensor([[True] * 4, [True, True, False, False]])
+    features = torch.randn(int(visible.sum()), cfg.n_frames, 8)
+    total, terms = feature_path_losses(target.clone(), features.clone(), features, target, visible, cfg)
+    assert set(terms) == {"direct", "match"} and total.abs() < 1e-4
+    total, terms = feature_path_losses(torch.zeros_like(target), torch.zeros_like(features), features, target, visible, cfg)
+    assert terms["direct"] > 1 and 0.9 < terms["match"] < 1.2  # match: MSE over the features' variance
+
+
+def test_feature_path_losses_are_added_to_the_training_loss() -> None:
+    torch.manual_seed(0)
+    batch = make_batch(2, (6, 0, 0), seed=3)
+    plain = BrainTokenizer(CFG).train()
+    aided = BrainTokenizer(dataclasses.replace(CFG, weight_direct=1.0, weight_match=1.0)).train()
+    assert "direct" not in plain(batch, channel_dropout=False)["losses"]
+    out = aided(batch, channel_dropout=False)
+    terms = out["losses"]
+    recon_total, _ = reconstruction_losses(out["recon"], batch["signal"], batch["channel_mask"], terms["commitment"], CFG)
+    torch.testing.assert_close(out["loss"], recon_total + terms["direct"] + terms["match"], atol=1e-4, rtol=1e-4)
+    assert terms["direct"] > 0 and terms["match"] > 0
 
 
 def test_adam_steps_lower_the_loss() -> None:
