@@ -118,7 +118,8 @@ class BrainTokenizer(nn.Module):
         added to the encoder input, a ``config.signal_position_prob`` share of the samples get the EEG positions
         inferred from their signal (`sample_signal_positions`), and a ``config.position_dropout`` share lose all
         their positions (encoder and decoder then tell channels apart by name identity); all real channels are
-        reconstructed and scored.
+        reconstructed and scored. With ``config.weight_direct`` / ``weight_match`` the loss also scores the
+        per-channel path (`tokenizer.losses.feature_path_losses`; the terms appear in ``losses`` as "direct", "match").
 
         Returns ``recon`` [B, C, T] (float32, or the autocast dtype), ``indices`` [B, N_latent, F, L] int64,
         ``encoder_mask`` [B, C] bool (channels the encoder saw), ``loss`` (weighted total) and ``losses``
