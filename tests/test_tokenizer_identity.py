@@ -16,6 +16,7 @@ from data import prepare, window_dataset
 from data.dataset import WindowCollator
 from data.sensors import channel_identities, channel_identity
 from tokenizer.config import TokenizerConfig
+from tokenizer.layers import LatentMaps
 from tokenizer.losses import pearson
 from tokenizer.metrics import channel_correlation, token_redundancy
 from tokenizer.model import BrainTokenizer
@@ -164,3 +165,10 @@ def test_signal_position_augmentation_places_eeg_as_inference_does(eeg_batch) ->
     assert torch.equal(placed[1, -4:], positions[1, -4:])  # padded channels are left alone
     with pytest.raises(ValueError, match="signal_position_prob"):
         TokenizerConfig(signal_position_prob=1.5)
+
+
+def test_latent_maps_apply_one_matrix_per_latent_and_their_transpose_inverts_them() -> None:
+    maps, inverse = LatentMaps(16, 32), LatentMaps(16, 32, transpose=True)
+    x = torch.randn(2, 3, 16, 32)
+    torch.testing.assert_close(maps(x)[1, 2, 5], x[1, 2, 5] @ maps.weight[5])
+    torch.testing.assert_close(inverse(maps(x)), x, atol=1e-5, rtol=1e-5)

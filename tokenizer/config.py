@@ -57,7 +57,8 @@ class TokenizerConfig(DictConfig):
     # one learned map per latent after pooling, its inverse before decoding (`tokenizer.layers.LatentMaps`): the
     # latents of a window with fewer channels than latents no longer coincide. Off by default: level-0 spatial copy
     # 11.7% -> 0.1% but held-out EEG PCC 0.608 -> 0.578 in 30 min (bench/results/tokenizer_quality_maps.md), and
-    # packages saved before the field existed load as they were trained.
+    # packages saved before the field existed load as they were trained. With feature-path supervision: spatial copy
+    # 16.3% -> 0.1%, PCC 0.824 -> 0.798 (bench/results/tokenizer_quality_feature_path_maps.md)
     latent_maps: bool = False
     # encoder pooling weights balanced over channels (Sinkhorn, `tokenizer.layers.balanced_routing`): every channel
     # gets the same share of the latents, and the decoder mirrors those weights. On in `small`; the field's default
