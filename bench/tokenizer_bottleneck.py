@@ -40,14 +40,12 @@ def level_pcc(model, shards: Path, batch_size: int = 16) -> dict[str, float]:
         with torch.no_grad():
             sensor = model.sensor_encoder(batch["types"], batch["positions"], batch["orientations"], batch["channel_ids"])
             latents = model.encoder(target, sensor, mask)
-            b, n, f, _ = latents.shape
             routing = model._routing(sensor, mask)
-            z = torch.nn.functional.normalize(q.project_in(latents.float().flatten(1, 2)), dim=-1)
-            _, indices, _ = q.rvq(z)
-            codes = q.rvq.get_codes_from_indices(indices)  # [L, B, N * F, codebook_dim]
-            decoded = {f"L{k}": codes[:k].sum(0) for k in range(1, levels + 1)} | {"continuous": z}
-            for name, code in decoded.items():
-                recon = model.decoder(q.project_out(code).view(b, n, f, -1), sensor, mask, routing)
+            z = q.unit_input(latents)
+            _, indices, _ = q(latents)
+            decoded = {f"L{k}": q.indices_to_codes(indices, levels=k) for k in range(1, levels + 1)}
+            for name, code in (decoded | {"continuous": q.project_out(z)}).items():
+                recon = model.decoder(code, sensor, mask, routing)
                 pcc[name] += pearson(recon, target)[eeg].tolist()
         inputs.append(z.reshape(-1, z.shape[-1]))
     flat = torch.cat(inputs)

@@ -10,7 +10,7 @@ Both take the same inputs, so training, export and prediction do not care which 
 
 `FoundationClassifier`: the tokenizer's encoder gives latents [B, N, F, d_tok]. With ``backbone_input="tokens"`` they are
 quantized (frozen RVQ, eval mode) and the indices go through ``backbone.embed``; with ``backbone_input="latents"`` the
-continuous pre-quantization vector z = normalize(project_in(latents)), which lives in the codebook space whose
+continuous pre-quantization vector z = `RVQ.unit_input(latents)`, which lives in the codebook space whose
 level-sum the backbone embeds, goes through ``backbone.code_proj``. The backbone gives hidden states [B, N, F, D];
 the head pools them over latents x frames (attention pooling with learned queries, or the mean) and an MLP
 gives K logits. The tokenizer always stays in eval mode (its quantizer must never update its codebooks).
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.preprocess import MODEL_SFREQ
@@ -174,7 +173,7 @@ class FoundationClassifier(TrainingModes, nn.Module):
             _, indices, _ = tok.quantizer(latents)
             return self.backbone.embed(indices.long())
         with torch.autocast(device_type=latents.device.type, enabled=False):
-            z = F.normalize(tok.quantizer.project_in(latents.float()), dim=-1)  # codebook space
+            z = tok.quantizer.unit_input(latents)  # codebook space
         return self.backbone.code_proj(z)
 
     def features(self, signal: Tensor, types: Tensor, positions: Tensor, orientations: Tensor,

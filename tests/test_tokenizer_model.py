@@ -224,6 +224,8 @@ def test_feature_path_losses_vanish_when_each_path_is_exact() -> None:
     assert set(terms) == {"direct", "match"} and total.abs() < 1e-4
     total, terms = feature_path_losses(torch.zeros_like(target), torch.zeros_like(features), features, target, visible, cfg)
     assert terms["direct"] > 1 and 0.9 < terms["match"] < 1.2  # match: MSE over the features' variance
+    _, terms = feature_path_losses(None, features, features, target, visible, cfg)
+    assert set(terms) == {"match"}  # no direct synthesis to score
 
 
 def test_feature_path_losses_are_added_to_the_training_loss() -> None:

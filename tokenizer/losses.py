@@ -129,12 +129,12 @@ def reconstruction_losses(
 
 
 def feature_path_losses(
-    direct: Tensor, frames: Tensor, features: Tensor, target: Tensor, visible: Tensor, cfg: TokenizerConfig
+    direct: Tensor | None, frames: Tensor, features: Tensor, target: Tensor, visible: Tensor, cfg: TokenizerConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Dense supervision for the pooled path, from the per-channel one.
 
     direct: [B, C, T] the waveform decoder applied to the encoder's own per-channel features (no pooling, no
-    quantizer); frames: [M, F, D] the decoder's per-channel frames rebuilt from the tokens and features [M, F, D]
+    quantizer), or None to score only the frames; frames: [M, F, D] the decoder's per-channel frames rebuilt from the tokens and features [M, F, D]
     the encoder's, for the M channels the encoder saw (``visible`` [B, C] bool); target [B, C, T].
 
     Returns (cfg.weight_direct x the reconstruction loss of ``direct`` + cfg.weight_match x the MSE of the rebuilt
@@ -142,8 +142,10 @@ def feature_path_losses(
     that pool channels into latents and read them back learn only through the waveform, and slowly: over the 30-min
     bench, held-out EEG PCC 0.705 without them, 0.824 with them (bench/results/tokenizer_quality_feature_path.md).
     """
-    direct_total, _ = reconstruction_losses(direct, target, visible, direct.new_zeros(()), cfg)
     goal = features.detach().float()
     match = (frames.float() - goal).square().mean() / goal.var().clamp_min(1e-6)
-    total = cfg.weight_direct * direct_total + cfg.weight_match * match
-    return total, {"direct": direct_total.detach(), "match": match.detach()}
+    total, terms = cfg.weight_match * match, {"match": match.detach()}
+    if direct is not None:  # None when cfg.weight_direct is 0: the direct synthesis is then not worth running
+        direct_total, _ = reconstruction_losses(direct, target, visible, direct.new_zeros(()), cfg)
+        total, terms = total + cfg.weight_direct * direct_total, {"direct": direct_total.detach(), **terms}
+    return total, terms

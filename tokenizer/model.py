@@ -147,7 +147,9 @@ class BrainTokenizer(nn.Module):
         recon = self.decoder.synthesize(frames, mask)
         loss, terms = reconstruction_losses(recon, signal, mask, commitment, self.config)
         if self.config.weight_direct > 0 or self.config.weight_match > 0:
-            direct = self.decoder.synthesize(scatter_channels(features, visible), visible)
+            direct = None
+            if self.config.weight_direct > 0:
+                direct = self.decoder.synthesize(scatter_channels(features, visible), visible)
             extra, extra_terms = feature_path_losses(direct, frames[visible], features, signal, visible, self.config)
             loss, terms = loss + extra, {**terms, **extra_terms}
         return {"recon": recon, "indices": indices, "encoder_mask": visible, "loss": loss, "losses": terms}

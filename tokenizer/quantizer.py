@@ -45,18 +45,23 @@ class RVQ(nn.Module):
             sync_codebook=sync_codebook,
         )
 
+    def unit_input(self, latents: Tensor) -> Tensor:
+        """latents [..., D] -> the unit vectors [..., codebook_dim] float32 the codebooks quantise (no quantization)."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            return F.normalize(self.project_in(latents.float()), dim=-1)
+
     def forward(self, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, f, _ = latents.shape
         with torch.autocast(device_type=latents.device.type, enabled=False):
-            z = F.normalize(self.project_in(latents.float().flatten(1, 2)), dim=-1)
-            quantized, indices, commit = self.rvq(z)
+            quantized, indices, commit = self.rvq(self.unit_input(latents.flatten(1, 2)))
             out = self.project_out(quantized)
         return out.view(b, n, f, -1), indices.view(b, n, f, -1), commit.sum()
 
-    def indices_to_codes(self, indices: Tensor) -> Tensor:
-        """indices [B, N, F, L] int -> quantized latents [B, N, F, D] float32 (same as `forward`'s output)."""
+    def indices_to_codes(self, indices: Tensor, levels: int | None = None) -> Tensor:
+        """indices [B, N, F, L] int -> quantized latents [B, N, F, D] float32 (same as `forward`'s output), or with
+        ``levels`` the latents from the sum of the first ``levels`` codes only (a coarser reading of the same tokens)."""
         b, n, f, _ = indices.shape
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            codes = self.rvq.get_output_from_indices(indices.long().flatten(1, 2))
+            codes = self.rvq.get_codes_from_indices(indices.long().flatten(1, 2))[:levels].sum(0)
             out = self.project_out(codes)
         return out.view(b, n, f, -1)
