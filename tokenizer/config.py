@@ -193,6 +193,13 @@ class TokenizerConfig(DictConfig):
             # tokenizer_quality_small_v5.md -> tokenizer_quality_feature_path.md)
             weight_direct=1.0,
             weight_match=1.0,
+            # a learned map per latent (`LatentMaps`): the latents of a few-channel window no longer coincide, so
+            # masked-token pretraining cannot copy them. Two 30-min runs of bench/tokenizer_quality.py: level-0 spatial
+            # copy 16.3% -> 0.1% / 0.2%, usage 81% -> 99%, held-out EEG PCC 0.824 -> 0.798 / 0.798 (bench/results/
+            # tokenizer_quality_feature_path_maps*.md); pretraining on those tokens beats the copy baselines at
+            # every level (L0 19.6% against spatial copy 0.1%, frame copy 2.0%; bench/results/pretrain_all_v7_maps.md),
+            # on the feature-path tokens it did not (12.4% against 14.9%; pretrain_all_v6_cbhead.md)
+            latent_maps=True,
         )
 
     @classmethod
