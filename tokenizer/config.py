@@ -55,10 +55,9 @@ class TokenizerConfig(DictConfig):
     # default stays "learned" so that packages saved before it existed load as they were trained.
     decoder_routing: str = "learned"
     # one learned map per latent after pooling, its inverse before decoding (`tokenizer.layers.LatentMaps`): the
-    # latents of a window with fewer channels than latents no longer coincide. Off by default: level-0 spatial copy
-    # 11.7% -> 0.1% but held-out EEG PCC 0.608 -> 0.578 in 30 min (bench/results/tokenizer_quality_maps.md), and
-    # packages saved before the field existed load as they were trained. With feature-path supervision: spatial copy
-    # 16.3% -> 0.1%, PCC 0.824 -> 0.798 (bench/results/tokenizer_quality_feature_path_maps.md)
+    # latents of a window with fewer channels than latents no longer coincide. On in `small` (why: there); the
+    # field's default stays off so that packages saved before it existed load as they were trained. Without
+    # feature-path supervision it cost more: held-out EEG PCC 0.608 -> 0.578 (bench/results/tokenizer_quality_maps.md)
     latent_maps: bool = False
     # encoder pooling weights balanced over channels (Sinkhorn, `tokenizer.layers.balanced_routing`): every channel
     # gets the same share of the latents, and the decoder mirrors those weights. On in `small`; the field's default
