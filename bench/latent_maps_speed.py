@@ -4,7 +4,8 @@
     .venv/bin/python bench/latent_maps_speed.py [--repeats 200]
 
 prints the median time per call of each, interleaved, and their ratio. It asks whether the maps' matrix product is
-why `latent_maps` trains fewer steps in the same time (it is not: about 1.0x).
+why `latent_maps` trains fewer steps in the same time (it is not: bmm / einsum 0.89-0.91x, a millisecond
+or two of a 300 ms step).
 """
 
 from __future__ import annotations

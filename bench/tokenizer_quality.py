@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["vector-quantize-pytorch"] = dist_version("vector-quantize-pytorch")
     machine["torch threads (intra-op)"] = str(torch.get_num_threads())
     t_start = time.perf_counter()
-    train, held, excluded = split_inputs(None if args.analyse_only else out / "cut", args.neuromag_tail_s)
+    cut_dir = out / "cut"  # where `cut_in_time` writes the head and tail of NEUROMAG
+    train, held, excluded = split_inputs(None if args.analyse_only else cut_dir, args.neuromag_tail_s)
     steps_file = out / "steps.json"
     if args.analyse_only:
         saved = Step.replay(steps_file)
@@ -555,7 +556,14 @@ def main(argv: list[str] | None = None) -> int:
         png.unlink()
 
     usage = [metrics.get(f"usage_l{lv}", float("nan")) for lv in range(levels)]
-    neuromag_held = [r for r in held_manifest["recordings"] if Path(r["path"]).name.endswith("_tail_raw.fif")]
+    def cut_part(path: str) -> str | None:
+        """"head" or "tail" for a time cut of `NEUROMAG` (a file in ``cut_dir``), else None."""
+        p = Path(path)
+        if p.resolve().parent != cut_dir.resolve():
+            return None
+        return "tail" if p.name.endswith("_tail_raw.fif") else "head"
+
+    neuromag_held = [r for r in held_manifest["recordings"] if cut_part(r["path"]) == "tail"]
     neuromag = held_groups.get(neuromag_held[0]["recording"], {}) if neuromag_held else {}
     cut_why = {f"{NEUROMAG} (tail)": "MEG+EEG: the last seconds of the only Neuromag recording (same session as its "
                                      "head, which trains): held out in time, not by recording",
@@ -582,10 +590,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def name_of(path: str) -> str:
         """A recording as the report names it: relative to RECORDINGS, or a time cut of `NEUROMAG`."""
-        if Path(path).name.endswith(("_head_raw.fif", "_tail_raw.fif")):
-            part = "head" if Path(path).name.endswith("_head_raw.fif") else "tail"
-            return f"{NEUROMAG} ({part})"
-        return os.path.relpath(path, RECORDINGS)
+        part = cut_part(path)
+        return f"{NEUROMAG} ({part})" if part else os.path.relpath(path, RECORDINGS)
 
     def side_rows(manifest: dict) -> list[list]:
         rows = []
