@@ -202,12 +202,16 @@ def labram_train_fn(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -
 # Where the encode time goes
 
 
-#: encode throughput ours / LaBraM on main at 6fa36db (bench/results/tokenizer_throughput.md of 2026-11-25, same command)
-BEFORE_CHANGE = {("small", "LaBraM 512@256 Hz, patch 256"): 2.42, ("small", "LaBraM-Base 400@200 Hz, patch 200"): 1.63,
-                 ("base", "LaBraM 512@256 Hz, patch 256"): 0.82, ("base", "LaBraM-Base 400@200 Hz, patch 200"): 0.55}
+#: encode throughput ours / LaBraM at 6fa36db, measured on the CPU of the current results (AMD EPYC, 2 cores,
+#: 2026-12-01) with that commit's own bench: ``git worktree add OLD 6fa36db`` then, in OLD,
+#: ``PYTHONPATH=. .venv/bin/python bench/tokenizer_throughput.py --no-write``. The ratios depend on the CPU (on the
+#: Intel Xeon of 2026-11-25 the same commit gave 2.42x / 1.63x / 0.82x / 0.55x), so rerun it when the CPU changes.
+BEFORE_CHANGE = {("small", "LaBraM 512@256 Hz, patch 256"): 2.85, ("small", "LaBraM-Base 400@200 Hz, patch 200"): 1.92,
+                 ("base", "LaBraM 512@256 Hz, patch 256"): 1.05, ("base", "LaBraM-Base 400@200 Hz, patch 200"): 0.70}
 MAX_ENCODE_DROP = 0.20
-BEFORE_TEXT = ("The run before the change (6fa36db, 2026-11-25, another CPU) measured the same ratios; LaBraM's code did "
-               "not change, so a ratio that falls by more than 20% means our encode slowed by more than 20%.")
+BEFORE_TEXT = ("The tokenizer before the change (6fa36db) was measured with its own copy of this bench on the same CPU "
+               "(AMD EPYC, 2026-12-01; the command is beside `BEFORE_CHANGE` in the script); LaBraM's code did not change, "
+               "so a ratio that falls by more than 20% means our encode slowed by more than 20%.")
 
 STAGES = {
     "sensor encoder": "sensor_encoder",
