@@ -31,7 +31,7 @@ from finetune.metrics import ClassificationMetrics
 from finetune.model import MODES, FoundationClassifier, HeadConfig
 from finetune.package import CHECKPOINT_KEY
 from runkit.entry import OptionError
-from runkit.schedule import lr_factor
+from runkit.schedule import TimeBudget, lr_factor
 
 log = logging.getLogger("brainforge.finetune")
 
@@ -228,7 +228,8 @@ class FinetuneModule(L.LightningModule):
         pooling: ``attention`` or ``mean`` over latents x frames; head_hidden / head_dropout / n_queries: the head.
         lr: peak AdamW learning rate of the head; in ``full`` mode layer i below the head gets lr * layer_decay**i.
         weight_decay: on weight matrices only.
-        warmup_steps: linear warm-up, then cosine decay to min_lr_ratio * lr.
+        warmup_steps: linear warm-up, then cosine decay to min_lr_ratio * lr (over ``--trainer.max_time`` where
+            the time cap comes first: `runkit.schedule.TimeBudget`).
         lora_r, lora_alpha, lora_dropout: LoRA adapters (mode ``lora``).
         train_tokenizer: ``full`` + ``latents``: also fine-tune the tokenizer encoder (lowest lr).
         class_weighting: weight the cross-entropy by n / (K * count) of the training split (imbalanced labels).
@@ -277,6 +278,7 @@ class FinetuneModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.time_budget = TimeBudget()
         if mode not in MODES:
             raise OptionError(f"--model.mode {mode!r} must be one of {MODES}")
         if baseline is not None and not is_baseline(baseline):
@@ -430,8 +432,13 @@ class FinetuneModule(L.LightningModule):
                                    {"params": no_wd, "weight_decay": 0.0, "lr": lr * scale}) if g["params"]]
         opt = torch.optim.AdamW(groups, lr=lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0))
+        budget = self.time_budget
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0, budget.fraction))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.time_budget.update(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.facts

@@ -35,7 +35,7 @@ from pretrain.model import (
     unigram_floor_accuracy,
 )
 from runkit.entry import OptionError
-from runkit.schedule import lr_factor
+from runkit.schedule import TimeBudget, lr_factor
 from tokenizer.package import package_reference
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class PretrainModule(L.LightningModule):
             of ``mask_span`` whole frames); see `pretrain.model.sample_mask`.
         mask_span: frames per span in ``spans`` mode (4 frames = 1 s with the 8-frames-per-2-s tokenizer).
         lr, weight_decay: AdamW; weight decay on weight matrices only (not norms, biases, embeddings).
-        schedule: ``cosine`` or ``wsd``; warmup_steps, min_lr_ratio, decay_fraction (wsd) shape it.
+        schedule: ``cosine`` or ``wsd``; warmup_steps, min_lr_ratio, decay_fraction (wsd) shape it. It runs over
+            the steps, or over ``--trainer.max_time`` where the time cap comes first (`runkit.schedule.TimeBudget`).
         compile: ``torch.compile`` the backbone blocks (in place; state-dict keys unchanged).
         mask_seed: seed of the per-step mask generator.
         prior_init: on a fresh ``fit``, start the head at the unigram predictor of the training tokens
@@ -116,6 +117,7 @@ class PretrainModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.time_budget = TimeBudget()
         if not 0.0 < mask_ratio < 1.0:
             raise OptionError(f"mask_ratio {mask_ratio} must be in (0, 1)")
         if mask_mode not in MASK_MODES:
@@ -234,10 +236,14 @@ class PretrainModule(L.LightningModule):
         opt = torch.optim.AdamW(param_groups(self.model, self.hparams.weight_decay), lr=self.hparams.lr, betas=(0.9, 0.95))
         hp = self.hparams
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        budget = self.time_budget
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total, hp.warmup_steps, hp.schedule, hp.min_lr_ratio, hp.decay_fraction)
+            opt, lambda s: lr_factor(s, total, hp.warmup_steps, hp.schedule, hp.min_lr_ratio, hp.decay_fraction, budget.fraction)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.time_budget.update(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[TOKENIZER_KEY] = self.tokenizer_facts

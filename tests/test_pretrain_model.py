@@ -204,6 +204,10 @@ def test_unigram_floor_on_a_known_histogram():
 
 
 def test_lr_schedules():
+    # a spent time budget puts the schedule at its end; warm-up stays step-based
+    assert lr_factor(20, 100, 10, "cosine", 0.1, 0.2, time_fraction=1.0) == pytest.approx(0.1)
+    assert lr_factor(20, 100, 10, "wsd", 0.0, 0.2, time_fraction=0.9) == pytest.approx(0.5)
+    assert lr_factor(5, 100, 10, "cosine", 0.1, 0.2, time_fraction=1.0) == lr_factor(5, 100, 10, "cosine", 0.1, 0.2)
     cos = [lr_factor(s, 100, 10, "cosine", 0.1, 0.2) for s in range(100)]
     assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(cos[9:], cos[10:], strict=False))

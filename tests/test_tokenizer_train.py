@@ -75,6 +75,24 @@ def test_ddp_two_processes_keep_codebooks_identical(shards, tmp_path):
     unsynced = [np.load(tmp_path / "off" / f"rank{r}.npy") for r in range(2)]
     np.testing.assert_array_equal(synced[0], synced[1])
     assert not np.allclose(unsynced[0], unsynced[1]), "ranks saw the same data: the sync check would be vacuous"
+    # the lr schedule's share of the time cap is rank 0's on both ranks (each rank's own clock would differ)
+    fractions = [np.load(tmp_path / "auto" / f"time_fraction_rank{r}.npy") for r in range(2)]
+    assert len(fractions[0]) == 4 and fractions[0][-1] > 0
+    np.testing.assert_array_equal(fractions[0], fractions[1])
+
+
+def test_time_cap_anneals_the_lr(shards):
+    """A fit stopped by --trainer.max_time ends at the low lr, though it ran a fraction of max_steps."""
+    dm = WindowDataModule(str(shards), batch_size=4, max_channels=16)
+    module = TokenizerModule("tiny", lr=1e-3, warmup_steps=1, min_lr_ratio=0.05)
+    module.time_budget.every = 1
+    trainer = L.Trainer(accelerator="cpu", max_steps=100_000, max_time={"seconds": 10}, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, dm)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert 2 < trainer.global_step < 1_000, trainer.global_step
+    assert module.time_budget.fraction > 0.8
+    assert lr < 0.2 * 1e-3, f"lr {lr:.2e} at the time cap: the schedule did not follow the clock"
 
 
 def test_cli_fit_export_encode_eval(shards, tmp_path):

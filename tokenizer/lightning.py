@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from runkit.entry import OptionError
-from runkit.schedule import lr_factor
+from runkit.schedule import TimeBudget, lr_factor
 from tokenizer.config import TokenizerConfig
 from tokenizer.metrics import CodebookUsage, ReconstructionMetrics
 from tokenizer.model import BrainTokenizer
@@ -76,7 +76,8 @@ class TokenizerModule(L.LightningModule):
         preset: size preset, ``tiny`` | ``small`` | ``base``.
         overrides: TokenizerConfig fields to change from the preset.
         lr: peak AdamW learning rate; weight_decay applies to weights only (not norms, biases, embeddings).
-        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the run.
+        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the run (over
+            ``--trainer.max_time`` instead where the time cap comes first: `runkit.schedule.TimeBudget`).
         sync_codebook: None decides from the Trainer's world size; True/False forces it.
     """
 
@@ -93,6 +94,7 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.config = build_config(preset, overrides)
+        self.time_budget = TimeBudget()
         self.model: BrainTokenizer | None = None
         self.preprocessing: dict[str, Any] = {}
         # sum-reduced torchmetrics states: under DDP every rank computes the same keys and values
@@ -158,8 +160,13 @@ class TokenizerModule(L.LightningModule):
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         hp = self.hparams
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0))
+        budget = self.time_budget
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, hp.warmup_steps, "cosine", hp.min_lr_ratio, 0.0, budget.fraction))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.time_budget.update(self.trainer)
 
     # --- checkpoint extras ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
