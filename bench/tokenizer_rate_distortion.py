@@ -7,6 +7,8 @@ Run from the repository root (needs ``../shared/data/recordings``)::
     .venv/bin/python bench/tokenizer_rate_distortion.py --analyse-only  # rebuild the report from the last run
     .venv/bin/python bench/tokenizer_rate_distortion.py --latents 16 --levels 8 --steps 8000 --max-time 00:00:30:00 \
         --out runs/bench/tokenizer_rd_long --results bench/results/tokenizer_rate_distortion_long.md  # the 30-min budget
+    .venv/bin/python bench/tokenizer_rate_distortion.py --from-quality-runs Q16 Q32 Q64 --out runs/bench/tokenizer_rd_q \
+        --results bench/results/tokenizer_rate_distortion_q.md  # points from bench/tokenizer_quality.py --out Q.. runs
 
 For each N_latent (and RVQ depth, ``--levels``), through the real command lines and on the same data and
 budget (the same number of optimizer steps, batch, schedule and time cap): ``tokenizer fit -c
@@ -60,6 +62,29 @@ def run_point(out: Path, train_shards: Path, held_shards: Path, n_latent: int, l
     return {**m, "n_latent": n_latent, "levels": levels, "steps": steps_done, "fit_min": fit.wall_s / 60}
 
 
+def point_from_quality_run(run: Path) -> dict:
+    """One point from a finished ``bench/tokenizer_quality.py --out RUN``: its held-out eval (same split and
+    metrics as `run_point`), its package's N_latent and RVQ depth, its steps and fit wall time."""
+    files = [run / "eval_heldout.json", run / "package" / "config.json", run / "package" / "metrics.json", run / "steps.json"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"--from-quality-runs {run}: not a finished bench/tokenizer_quality.py run (missing {', '.join(missing)})")
+    ev, cfg, metrics, steps = (json.loads(f.read_text()) for f in files)
+    fit = next(s for s in steps["steps"] if s["name"] == "fit")
+    return {**ev, "n_latent": cfg["n_latent"], "levels": cfg["rvq_levels"], "steps": metrics.get("training", {}).get("global_step"),
+            "fit_min": fit["wall_s"] / 60, "fit_command": fit["command"]}
+
+
+def budget_text(record: dict) -> str:
+    """How the points' budgets compare, for the report."""
+    if record.get("from_quality_runs"):
+        return ("Each point is a `bench/tokenizer_quality.py` run (its own report has the per-recording tables): the "
+                "same split, batch, channel cap and time cap, the fit command above; steps differ (a larger N_latent "
+                "makes a step slower, and the time cap ends the run), the lr schedule follows the time cap.")
+    return (f"{record['steps_per_point']} optimizer steps per point (batch and channel cap of small.yaml), the same data, "
+            "schedule and time cap.")
+
+
 def plot(points: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -80,7 +105,7 @@ def plot(points: list[dict], path: Path) -> None:
     ax.set_xlabel("bits per channel-second (held-out windows, mean)")
     ax.set_ylabel("held-out PCC")
     ax.axhline(0.8, color="grey", lw=0.5, ls="--")
-    ax.set_title("BrainTokenizer rate-distortion (small, equal steps)")
+    ax.set_title("BrainTokenizer rate-distortion (small)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -95,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-time", default="00:00:10:00", help="hard cap per fit, DD:HH:MM:SS")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--analyse-only", action="store_true")
+    p.add_argument("--from-quality-runs", type=Path, nargs="+", default=None, metavar="RUN",
+                   help="take the points from finished `bench/tokenizer_quality.py --out RUN` runs (their own fits, split "
+                        "and budget; pass runs that differ only in --overrides) instead of fitting here")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results", type=Path, default=None,
                    help=f"report path (default {RESULTS.relative_to(ROOT)}); the PNG goes beside it")
@@ -108,11 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     machine = _common.machine_description(("numpy", "torch", "lightning"))
     if args.analyse_only:
         record = json.loads(saved.read_text())
+    elif args.from_quality_runs:
+        out.mkdir(parents=True, exist_ok=True)
+        points = [point_from_quality_run(r) for r in args.from_quality_runs]
+        record = {"command": _common.command_line(), "points": points, "machine": machine, "from_quality_runs": True,
+                  "steps": [{"name": f"fit N_latent={q['n_latent']} L={q['levels']}", "wall_s": q["fit_min"] * 60,
+                             "args": shlex.split(q["fit_command"])[1:]} for q in points],
+                  "steps_per_point": " / ".join(str(q["steps"]) for q in points)}
+        saved.write_text(json.dumps(record, indent=2))
     else:
         if not tq.RECORDINGS.is_dir():
             raise SystemExit(f"{tq.RECORDINGS} not found: this benchmark needs the shared real recordings")
         out.mkdir(parents=True, exist_ok=True)
-        train, held, _ = tq.split_inputs()
+        train, held, _ = tq.split_inputs(out / "cut")  # the Neuromag recording cut in time, as in tokenizer_quality
         train_shards, held_shards = out / "shards_train", out / "shards_heldout"
         t0 = time.perf_counter()
         _common.Step("prepare training set", ["-m", "data", "prepare", *map(_common.rel, train), "--out", _common.rel(train_shards), "--overwrite", "--quiet"])
@@ -138,9 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         ("Commands", f"```\n{record['command']}\n```\n\nwhich ran, in order (wall time):\n\n"
          + "\n\n".join(f"{s['name']} ({s['wall_s'] / 60:.1f} min):\n\n```\n.venv/bin/python {' '.join(map(shlex.quote, s['args']))}\n```"
                        for s in record["steps"])),
-        ("Results", _common.table(head, rows) + f"\n\n![rate-distortion]({png.name})\n\n"
-         f"{record['steps_per_point']} optimizer steps per point (batch and channel cap of small.yaml), the same data, "
-         "schedule and time cap. Bits per channel-second = N_latent x frames x levels x log2(codes) / (channels x seconds), "
+        ("Results", _common.table(head, rows) + f"\n\n![rate-distortion]({png.name})\n\n" + budget_text(record)
+         + " Bits per channel-second = N_latent x frames x levels x log2(codes) / (channels x seconds), "
          "averaged over the held-out windows (their channel counts differ)."),
         ("Machine", _common.machine_table(record["machine"])),
     ]
