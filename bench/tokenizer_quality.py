@@ -16,9 +16,10 @@ It does, through the real command lines, and writes ``bench/results/tokenizer_qu
    the Neuromag MEG aim is tested on windows held out in time (same session: a weaker test than a new recording).
 2. ``python -m tokenizer fit -c tokenizer/configs/small.yaml`` on the training set on CPU (every
    recording equally likely, ``--data.balance recording``), for a bounded budget: ``--trainer.max_steps``
-   (default 3000, about what fits in 30 min on 2 cores) with the config's schedule shape kept (warm-up =
-   5% of the steps, then cosine decay to the end), and ``--trainer.max_time`` as a hard cap. No validation set is given: the held-out
-   recordings are not looked at during training.
+   (default 3000) with the config's schedule shape kept (warm-up = 5% of the steps, then cosine decay to the
+   end), and ``--trainer.max_time`` as a hard cap; where the cap comes first the cosine follows the clock instead
+   (`runkit.schedule.TimeBudget`), so a large ``--max-steps`` makes the run use the whole time budget and still end
+   annealed. No validation set is given: the held-out recordings are not looked at during training.
 3. ``python -m tokenizer export`` and ``python -m tokenizer eval ... --save-to-package --plots`` on the
    held-out set: PCC, NMSE, codebook usage per RVQ level, bits per channel-second, split EEG / MEG.
 4. In-process, from the same package: the same metrics per recording, on the held-out set and on up to
