@@ -69,7 +69,8 @@ def point_from_quality_run(run: Path) -> dict:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise SystemExit(f"--from-quality-runs {run}: not a finished bench/tokenizer_quality.py run (missing {', '.join(missing)})")
-    ev, cfg, metrics, steps = (json.loads(f.read_text()) for f in files)
+    ev, package_config, metrics, steps = (json.loads(f.read_text()) for f in files)
+    cfg = package_config.get("config", package_config)
     fit = next(s for s in steps["steps"] if s["name"] == "fit")
     return {**ev, "n_latent": cfg["n_latent"], "levels": cfg["rvq_levels"], "steps": metrics.get("training", {}).get("global_step"),
             "fit_min": fit["wall_s"] / 60, "fit_command": fit["command"]}
