@@ -38,3 +38,11 @@ def test_run_measured_times_a_real_child_and_reads_its_memory():
     run = _common.run_measured([sys.executable, "-c", "import time; x = bytearray(50_000_000); time.sleep(1.5)"])
     assert run.returncode == 0 and 1.5 <= run.wall_s < 10
     assert run.peak_rss_max_process >= 50_000_000 and run.samples >= 20
+
+
+def test_command_line_quotes_arguments_for_a_shell():
+    """A report's command can be pasted into a shell: JSON overrides stay one quoted argument."""
+    import shlex
+
+    line = _common.command_line(["bench/x.py", "--overrides", '{"n_latent": 16}', "--out", "runs/a b"])
+    assert shlex.split(line)[-4:] == ["--overrides", '{"n_latent": 16}', "--out", "runs/a b"]
