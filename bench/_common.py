@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -241,8 +242,6 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     exe = Path(sys.executable)
     exe_s = str(exe.relative_to(root)) if exe.is_relative_to(root) else "python"
     script_s = str(script.relative_to(root)) if script.is_relative_to(root) else str(script)
-    import shlex
-
     return " ".join([exe_s, script_s, *map(shlex.quote, argv[1:])])  # quoted: the line can be pasted into a shell
 
 

@@ -184,6 +184,12 @@ _BATCH_ITEMS = 32
 _RESULT_QUEUE = 16  # batches in flight: bounds the parent's memory whatever the recording length
 
 
+def worker_blas_threads(n_workers: int) -> int:
+    """BLAS threads of each of ``n_workers`` prepare workers: the cores shared out. Windows are bit-identical to a
+    single process's only at the same BLAS thread count (some CPUs' BLAS round matrix products differently with it)."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
 def _worker_main(wid: int, tasks, results, started: float, blas_threads: int) -> None:
     import multiprocessing as mp
     import queue
@@ -236,7 +242,7 @@ def _write_with_workers(jobs: list[_Job], sink_factory, n: int, progress: bool) 
     ctx = _context()
     tasks, results = ctx.Queue(), ctx.Queue(maxsize=_RESULT_QUEUE)
     t0 = time.time()
-    blas_threads = max(1, (os.cpu_count() or 1) // n)
+    blas_threads = worker_blas_threads(n)
     procs = [ctx.Process(target=_worker_main, args=(w, tasks, results, t0, blas_threads), daemon=True,
                          name=f"prepare-{w}") for w in range(n)]
     for p in procs:
